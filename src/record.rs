@@ -1,0 +1,279 @@
+//! The exchange record: one recognised LLM call, as the tap saw it.
+//!
+//! This is the contract between the tap and everything downstream of it (metrics, the
+//! semantic engine, exporters, the capture file and `semtap replay`). Its JSON form, one
+//! object per line, is documented in `docs/exchange-record.md`.
+
+use serde::{Deserialize, Serialize};
+
+/// Which LLM provider's API an exchange spoke. Values follow `gen_ai.provider.name`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    #[serde(rename = "openai")]
+    OpenAi,
+    #[serde(rename = "anthropic")]
+    Anthropic,
+    #[serde(rename = "azure.ai.openai")]
+    AzureOpenAi,
+    /// Traffic that matched no known API: forwarded and counted as plain HTTP.
+    #[default]
+    #[serde(rename = "unknown")]
+    Unknown,
+}
+
+impl Provider {
+    /// The `gen_ai.provider.name` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::OpenAi => "openai",
+            Provider::Anthropic => "anthropic",
+            Provider::AzureOpenAi => "azure.ai.openai",
+            Provider::Unknown => "unknown",
+        }
+    }
+
+    /// Parses a provider name as written in config or records.
+    pub fn parse(s: &str) -> Option<Provider> {
+        match s {
+            "openai" => Some(Provider::OpenAi),
+            "anthropic" => Some(Provider::Anthropic),
+            "azure.ai.openai" | "azure" | "azure_openai" => Some(Provider::AzureOpenAi),
+            "unknown" => Some(Provider::Unknown),
+            _ => None,
+        }
+    }
+}
+
+/// The concrete API endpoint an exchange used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Api {
+    /// OpenAI `POST /v1/chat/completions` (and compatible servers).
+    ChatCompletions,
+    /// OpenAI `POST /v1/responses`.
+    Responses,
+    /// OpenAI legacy `POST /v1/completions`.
+    Completions,
+    /// OpenAI `POST /v1/embeddings`.
+    Embeddings,
+    /// Anthropic `POST /v1/messages`.
+    Messages,
+    /// Anything else: forwarded untouched, counted as plain HTTP.
+    #[default]
+    Other,
+}
+
+impl Api {
+    /// The `gen_ai.operation.name` value for this API.
+    pub fn operation(self) -> &'static str {
+        match self {
+            Api::ChatCompletions | Api::Responses | Api::Messages => "chat",
+            Api::Completions => "text_completion",
+            Api::Embeddings => "embeddings",
+            Api::Other => "http",
+        }
+    }
+
+    /// Short stable name used in records and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::ChatCompletions => "chat_completions",
+            Api::Responses => "responses",
+            Api::Completions => "completions",
+            Api::Embeddings => "embeddings",
+            Api::Messages => "messages",
+            Api::Other => "other",
+        }
+    }
+}
+
+/// How the exchange ended, from the client's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The upstream answered and the whole body reached the client.
+    #[default]
+    Complete,
+    /// The upstream could not be reached (connect error, DNS, TLS); the client got a 502.
+    UpstreamUnreachable,
+    /// The upstream did not answer in time; the client got a 504.
+    UpstreamTimeout,
+    /// The upstream cut the body mid-way; the client saw the same abrupt end.
+    StreamInterrupted,
+    /// The client went away before the end; the upstream request was cancelled.
+    ClientCancelled,
+}
+
+impl Outcome {
+    /// Stable name, used as `error.type` where no HTTP status explains the failure.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Complete => "complete",
+            Outcome::UpstreamUnreachable => "upstream_unreachable",
+            Outcome::UpstreamTimeout => "timeout",
+            Outcome::StreamInterrupted => "stream_interrupted",
+            Outcome::ClientCancelled => "client_cancelled",
+        }
+    }
+}
+
+/// Generation parameters the request asked for (absent ones are `None`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RequestParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop_sequences: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choice_count: Option<u64>,
+}
+
+/// A tool (function) call the model asked for; kept apart from the answer text.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub arguments: String,
+}
+
+/// Token usage. `estimated` is true when the upstream sent none and semtap counted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_tokens: Option<u64>,
+    #[serde(default)]
+    pub estimated: bool,
+}
+
+/// Provider rate-limit headers seen on the response (remaining budget).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RateLimit {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining_requests: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining_tokens: Option<u64>,
+}
+
+/// W3C trace context carried by the app's request, so exporters can join its trace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceParent {
+    pub trace_id: String,
+    pub parent_span_id: String,
+    pub sampled: bool,
+}
+
+/// One recognised LLM call. Times are milliseconds; `ts_ms` is unix epoch milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExchangeRecord {
+    pub id: String,
+    pub ts_ms: u64,
+    #[serde(default)]
+    pub end_ts_ms: u64,
+    #[serde(default)]
+    pub listener: String,
+    #[serde(default)]
+    pub provider: Provider,
+    #[serde(default)]
+    pub api: Api,
+    /// `gen_ai.operation.name`: chat, text_completion, embeddings.
+    #[serde(default)]
+    pub operation: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    #[serde(default)]
+    pub method: String,
+    /// Request path without the query string (query parameters may hold keys).
+    #[serde(default)]
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_port: Option<u16>,
+    /// The model the request asked for (for Azure, the deployment name if the body has none).
+    #[serde(default, rename = "model", skip_serializing_if = "Option::is_none")]
+    pub request_model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_id: Option<String>,
+    #[serde(default)]
+    pub stream: bool,
+    /// HTTP status the client received; 0 if none was sent.
+    #[serde(default)]
+    pub status: u16,
+    #[serde(default)]
+    pub outcome: Outcome,
+    /// `error.type`: provider error type, HTTP status, or the outcome name; absent on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_type: Option<String>,
+    #[serde(default)]
+    pub params: RequestParams,
+    /// Text of the last user turn (system prompt and history excluded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// Answer text, assembled from deltas when streamed.
+    #[serde(default)]
+    pub response: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub finish_reasons: Vec<String>,
+    #[serde(default)]
+    pub usage: Usage,
+    #[serde(default)]
+    pub duration_ms: f64,
+    /// First response chunk of any kind (the spec's time to first chunk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_to_first_chunk_ms: Option<f64>,
+    /// First chunk that carries content: what users call TTFT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_ms: Option<f64>,
+    /// Mean time between consecutive chunks after the first, for streams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_per_output_chunk_ms: Option<f64>,
+    /// Gaps between consecutive chunks after the first (ms), capped; feeds the per-chunk histogram.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunk_gaps_ms: Vec<f32>,
+    /// Time from the request reaching semtap to the upstream's response headers.
+    #[serde(default)]
+    pub upstream_ms: f64,
+    /// Time spent inside semtap on the data path (before dispatch plus per-chunk forwarding).
+    #[serde(default)]
+    pub overhead_ms: f64,
+    #[serde(default)]
+    pub request_bytes: u64,
+    #[serde(default)]
+    pub response_bytes: u64,
+    /// The capture hit its size cap; text fields hold what fit.
+    #[serde(default)]
+    pub capture_truncated: bool,
+    /// Why the body could not be understood (forwarded untouched regardless).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parse_anomaly: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<TraceParent>,
+}
