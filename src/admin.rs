@@ -1,0 +1,202 @@
+//! The admin server: `/metrics` (Prometheus), `/healthz`, `/readyz` and `/status` (JSON).
+//! Bound to loopback by default; it serves numbers and states, never content or secrets.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::tap::BoundListener;
+
+/// State of one component, as `/readyz` and `/status` report it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ComponentState {
+    /// `ok`, `degraded` (working with reduced function) or `down`.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// Readiness and component health, shared by everything that can degrade.
+pub struct Health {
+    started: Instant,
+    ready: AtomicBool,
+    components: Mutex<BTreeMap<String, ComponentState>>,
+}
+
+impl Health {
+    /// Not ready until [`Health::set_ready`].
+    pub fn new() -> Arc<Health> {
+        Arc::new(Health {
+            started: Instant::now(),
+            ready: AtomicBool::new(false),
+            components: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Marks semtap ready (listeners bound) or not (shutting down).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// True once listeners are bound and until shutdown starts.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Records a component's state.
+    pub fn set(&self, component: &str, status: &'static str, detail: impl Into<String>) {
+        self.components.lock().insert(
+            component.to_string(),
+            ComponentState {
+                status,
+                detail: detail.into(),
+            },
+        );
+    }
+
+    /// All components' states.
+    pub fn components(&self) -> BTreeMap<String, ComponentState> {
+        self.components.lock().clone()
+    }
+
+    /// Seconds since start.
+    pub fn uptime_secs(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+}
+
+/// What the admin endpoints read from.
+pub struct AdminState {
+    pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
+    pub pipeline: Arc<Pipeline>,
+    pub listeners: Mutex<Vec<BoundListener>>,
+    pub admin_addr: Mutex<Option<SocketAddr>>,
+}
+
+/// The running admin server.
+pub struct Admin {
+    pub addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Admin {
+    /// Binds `addr` and serves until [`Admin::shutdown`].
+    pub async fn start(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<Admin> {
+        let tcp = TcpListener::bind(addr).await?;
+        let addr = tcp.local_addr()?;
+        *state.admin_addr.lock() = Some(addr);
+        tracing::info!(addr = %addr, "admin server bound");
+        let (stop, mut rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let builder = auto::Builder::new(TokioExecutor::new());
+            loop {
+                tokio::select! {
+                    accepted = tcp.accept() => {
+                        let Ok((stream, _)) = accepted else {
+                            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                            continue;
+                        };
+                        let state = state.clone();
+                        let svc = service_fn(move |req| serve(state.clone(), req));
+                        let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                        tokio::spawn(async move {
+                            let _ = conn.await;
+                        });
+                    }
+                    _ = rx.changed() => break,
+                }
+            }
+        });
+        Ok(Admin { addr, stop, task })
+    }
+
+    /// Stops accepting admin connections.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+#[derive(Serialize)]
+struct Status<'a> {
+    version: &'static str,
+    uptime_secs: f64,
+    ready: bool,
+    admin: Option<SocketAddr>,
+    listeners: &'a [BoundListener],
+    pipeline: crate::pipeline::PipelineStats,
+    components: BTreeMap<String, ComponentState>,
+    traffic: Vec<crate::metrics::ListenerSummary>,
+}
+
+async fn serve(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n".into()));
+    }
+    let resp = match req.uri().path() {
+        "/metrics" => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            state.metrics.render_prometheus(),
+        ),
+        "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" => {
+            let comps = state.health.components();
+            let down: Vec<_> = comps.iter().filter(|(_, c)| c.status == "down").collect();
+            let degraded: BTreeMap<_, _> = comps.iter().filter(|(_, c)| c.status != "ok").collect();
+            let ready = state.health.is_ready() && down.is_empty();
+            let body = serde_json::json!({
+                "ready": ready,
+                "degraded": degraded,
+            });
+            json(if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)
+        }
+        "/status" => {
+            let listeners = state.listeners.lock().clone();
+            let s = Status {
+                version: env!("CARGO_PKG_VERSION"),
+                uptime_secs: state.health.uptime_secs(),
+                ready: state.health.is_ready(),
+                admin: *state.admin_addr.lock(),
+                listeners: &listeners,
+                pipeline: state.pipeline.stats(),
+                components: state.health.components(),
+                traffic: state.metrics.summary(),
+            };
+            json(StatusCode::OK, &s)
+        }
+        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    };
+    Ok(resp)
+}
+
+fn text(status: StatusCode, ctype: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+    r
+}
+
+fn json<T: Serialize>(status: StatusCode, v: &T) -> Response<Full<Bytes>> {
+    let body = serde_json::to_string_pretty(v).unwrap_or_else(|_| "{}".into());
+    text(status, "application/json", body)
+}

@@ -1,0 +1,221 @@
+//! The command line: `semtap run`, `semtap check-config`, `semtap demo`.
+//! Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, LogFormat, Overrides};
+
+/// Exit code for usage and configuration errors.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code for failures at run time.
+pub const EXIT_RUNTIME: u8 = 1;
+
+#[derive(Parser, Debug)]
+#[command(name = "semtap", version, about = "Taps LLM API traffic and watches it for the failures plain APM misses")]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags every running subcommand takes.
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// Log format: human or json.
+    #[arg(long, global = true, env = "SEMTAP_LOG_FORMAT", value_name = "human|json")]
+    log_format: Option<String>,
+    /// Log filter (e.g. info, debug, semtap=debug).
+    #[arg(long, global = true, env = "SEMTAP_LOG", value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Directory holding model.safetensors, tokenizer.json and config.json.
+    #[arg(long, global = true, env = "SEMTAP_MODEL_DIR", value_name = "DIR")]
+    model_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the tap: forward the app's LLM traffic and measure it.
+    Run(RunArgs),
+    /// Validate a config file; prints each error with the file, the key and the reason.
+    CheckConfig {
+        /// The TOML file to check.
+        file: PathBuf,
+    },
+    /// Start a simulated upstream, semtap in front of it and traffic, and show /metrics filling.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Config file (TOML); see semtap.example.toml.
+    #[arg(long, short, env = "SEMTAP_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address the app connects to (port 0 picks a free port).
+    #[arg(long, env = "SEMTAP_LISTEN", value_name = "ADDR")]
+    listen: Option<String>,
+    /// Upstream base URL, e.g. https://api.openai.com.
+    #[arg(long, env = "SEMTAP_UPSTREAM", value_name = "URL")]
+    upstream: Option<String>,
+    /// Admin server address (/metrics, /healthz, /readyz, /status); default 127.0.0.1:9464.
+    #[arg(long, env = "SEMTAP_ADMIN", value_name = "ADDR")]
+    admin: Option<String>,
+    /// Directory for state that survives restarts.
+    #[arg(long, env = "SEMTAP_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// How long to send traffic, in seconds.
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+    /// Requests per second offered.
+    #[arg(long, default_value_t = 50)]
+    rate: u64,
+    /// Seed for the traffic mix.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Run(args) => run(cli.common, args),
+        Command::Demo(args) => demo(cli.common, args),
+    }
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match Config::load(Some(file), &Overrides::default()) {
+        Ok(cfg) => {
+            println!("{}: ok ({} listener{})", file.display(), cfg.listeners.len(), if cfg.listeners.len() == 1 { "" } else { "s" });
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for issue in &e.issues {
+                eprintln!("error: {issue}");
+            }
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .or_else(|| tracing_subscriber::EnvFilter::try_new(level).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().with_current_span(false).try_init(),
+        LogFormat::Human => builder.try_init(),
+    };
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("semtap-io")
+        .build()
+}
+
+fn run(common: Common, args: RunArgs) -> ExitCode {
+    let overrides = Overrides {
+        listen: args.listen,
+        upstream: args.upstream,
+        admin: args.admin,
+        state_dir: args.state_dir,
+        log_format: common.log_format,
+        log_level: common.log_level,
+    };
+    let cfg = match Config::load(args.config.as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            for issue in &e.issues {
+                eprintln!("error: {issue}");
+            }
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    init_logging(cfg.log_format, &cfg.log_level);
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    rt.block_on(async move {
+        let running = match crate::server::Running::start(&cfg).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "semtap failed to start");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        };
+        wait_for_signal().await;
+        tracing::info!(grace = ?cfg.shutdown_grace, "shutting down");
+        running.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn demo(common: Common, args: DemoArgs) -> ExitCode {
+    let format = common.log_format.as_deref().and_then(LogFormat::parse).unwrap_or_default();
+    init_logging(format, common.log_level.as_deref().unwrap_or("warn"));
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match rt.block_on(crate::demo::run(crate::demo::DemoOptions {
+        duration: std::time::Duration::from_secs(args.duration),
+        rate: args.rate.max(1),
+        seed: args.seed,
+    })) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(EXIT_RUNTIME),
+        Err(e) => {
+            eprintln!("error: demo failed: {e:#}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}

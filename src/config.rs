@@ -1,0 +1,763 @@
+//! Configuration: the TOML file (contract: `semtap.example.toml`), `SEMTAP_*` environment
+//! variables and command-line flags, merged in that order of increasing precedence.
+//!
+//! Loading never panics: every problem becomes a [`ConfigIssue`] naming the file, the key
+//! and the reason, and all of them are reported at once.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::record::Provider;
+
+/// One problem found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// The file, or `<command line>` / `<environment>` where a flag or variable was at fault.
+    pub source: String,
+    /// Dotted key path, e.g. `listener[0].upstream`.
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.source, self.key, self.reason)
+    }
+}
+
+/// Every problem found while loading; `Display` prints one per line.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, issue) in self.issues.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{issue}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A duration written as `250ms`, `10s`, `5m`, `1h` or a bare number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Float(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(s) => Ok(HumanDuration(Duration::from_secs(s))),
+            Raw::Float(s) if s.is_finite() && s >= 0.0 => {
+                Ok(HumanDuration(Duration::from_secs_f64(s)))
+            }
+            Raw::Float(_) => Err(serde::de::Error::custom("duration must be >= 0")),
+            Raw::Text(t) => parse_duration(&t)
+                .map(HumanDuration)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parses `250ms`, `10s`, `5m`, `1h`, `1.5s` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (use e.g. 250ms, 10s, 5m, 1h)"))?;
+    let secs = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "us" | "µs" => value / 1_000_000.0,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => return Err(format!("unknown duration unit `{other}` in `{text}`")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("`{text}` is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// The file's shape. Every key is optional; defaults live in [`Config`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    listener: Vec<FileListener>,
+    #[serde(default)]
+    admin: FileAdmin,
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    limits: FileLimits,
+    #[serde(default)]
+    pipeline: FilePipeline,
+    #[serde(default)]
+    metrics: FileMetrics,
+    #[serde(default)]
+    log: FileLog,
+    #[serde(default)]
+    shutdown: FileShutdown,
+    #[serde(default)]
+    capture: FileCapture,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileListener {
+    name: Option<String>,
+    listen: Option<String>,
+    upstream: Option<String>,
+    provider: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAdmin {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    capture_bytes: Option<u64>,
+    decompressed_bytes: Option<u64>,
+    connect_timeout: Option<HumanDuration>,
+    response_timeout: Option<HumanDuration>,
+    idle_timeout: Option<HumanDuration>,
+    max_in_flight: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePipeline {
+    queue: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMetrics {
+    max_models: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLog {
+    format: Option<String>,
+    level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileShutdown {
+    grace: Option<HumanDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCapture {
+    file: Option<PathBuf>,
+    max_bytes: Option<u64>,
+    keep: Option<u64>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+impl LogFormat {
+    /// Parses `human` or `json`.
+    pub fn parse(s: &str) -> Option<LogFormat> {
+        match s {
+            "human" => Some(LogFormat::Human),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+}
+
+/// The upstream a listener forwards to: an origin plus an optional path prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// Prepended to every request path, without a trailing slash (may be empty).
+    pub path_prefix: String,
+}
+
+impl Upstream {
+    /// Parses `http(s)://host[:port][/prefix]`. Userinfo is refused: keys do not go in URLs.
+    pub fn parse(text: &str) -> Result<Upstream, String> {
+        let uri: http::Uri = text
+            .parse()
+            .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| format!("`{text}` has no scheme (use http:// or https://)"))?;
+        if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+            return Err(format!("scheme `{scheme}` is not supported (use http or https)"));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("`{text}` has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err("credentials in the upstream URL are not allowed".to_string());
+        }
+        if uri.query().is_some() {
+            return Err("the upstream URL must not have a query string".to_string());
+        }
+        let path_prefix = uri.path().trim_end_matches('/').to_string();
+        Ok(Upstream {
+            scheme,
+            authority,
+            path_prefix,
+        })
+    }
+
+    /// Host name for `server.address`.
+    pub fn host(&self) -> &str {
+        self.authority.host()
+    }
+
+    /// Port for `server.port`, defaulted from the scheme.
+    pub fn port(&self) -> u16 {
+        self.authority
+            .port_u16()
+            .unwrap_or(if self.scheme == http::uri::Scheme::HTTPS {
+                443
+            } else {
+                80
+            })
+    }
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}{}", self.scheme, self.authority, self.path_prefix)
+    }
+}
+
+/// One listener: where the app connects and where semtap forwards.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub upstream: Upstream,
+    /// Forces the provider for OpenAI-shaped paths (e.g. an Anthropic-compatible gateway).
+    pub provider: Option<Provider>,
+}
+
+/// Limits on the data path. Each has a metric and a documented behaviour when hit.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Bytes of each request and response body kept for analysis; the forward is never capped.
+    pub capture_bytes: usize,
+    /// Cap on the decompressed analysis copy of a compressed body.
+    pub decompressed_bytes: usize,
+    pub connect_timeout: Duration,
+    /// Time allowed for the upstream's response headers.
+    pub response_timeout: Duration,
+    /// Time allowed between two body chunks from the upstream.
+    pub idle_timeout: Duration,
+    /// Requests beyond this many in flight get a 503 from semtap.
+    pub max_in_flight: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            capture_bytes: 1 << 20,
+            decompressed_bytes: 8 << 20,
+            connect_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(300),
+            max_in_flight: 10_000,
+        }
+    }
+}
+
+/// Optional local file of exchange records (JSON lines), rotated and size-capped.
+#[derive(Debug, Clone)]
+pub struct CaptureFileConfig {
+    pub path: PathBuf,
+    pub max_bytes: u64,
+    pub keep: usize,
+}
+
+/// The merged, validated configuration semtap runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listeners: Vec<ListenerConfig>,
+    pub admin_listen: SocketAddr,
+    pub state_dir: Option<PathBuf>,
+    pub limits: Limits,
+    /// Capacity of the queue from the data path to analysis.
+    pub pipeline_queue: usize,
+    pub max_models: usize,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub shutdown_grace: Duration,
+    pub capture_file: Option<CaptureFileConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listeners: Vec::new(),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            state_dir: None,
+            limits: Limits::default(),
+            pipeline_queue: 4096,
+            max_models: 50,
+            log_format: LogFormat::Human,
+            log_level: "info".to_string(),
+            shutdown_grace: Duration::from_secs(30),
+            capture_file: None,
+        }
+    }
+}
+
+/// Values from flags and `SEMTAP_*` variables that override the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+    pub admin: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub log_format: Option<String>,
+    pub log_level: Option<String>,
+}
+
+const CLI: &str = "<command line>";
+
+impl Config {
+    /// Loads `path` (if any), applies overrides and validates everything.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let (file, source) = match path {
+            Some(p) => {
+                let source = p.display().to_string();
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
+                    issues: vec![ConfigIssue {
+                        source: source.clone(),
+                        key: "(file)".into(),
+                        reason: format!("cannot read: {e}"),
+                    }],
+                })?;
+                (parse_file(&text, &source)?, source)
+            }
+            None => (FileConfig::default(), CLI.to_string()),
+        };
+        build(file, &source, overrides)
+    }
+
+    /// Validates TOML text as if it were a file called `source`.
+    pub fn from_toml(text: &str, source: &str) -> Result<Config, ConfigError> {
+        build(parse_file(text, source)?, source, &Overrides::default())
+    }
+}
+
+fn parse_file(text: &str, source: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str::<FileConfig>(text).map_err(|e| {
+        let key = e
+            .span()
+            .and_then(|span| key_at(text, span.start))
+            .unwrap_or_else(|| "(syntax)".to_string());
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let msg = e.message().trim().to_string();
+        let reason = match line {
+            Some(l) => format!("{msg} (line {l})"),
+            None => msg,
+        };
+        ConfigError {
+            issues: vec![ConfigIssue {
+                source: source.to_string(),
+                key,
+                reason,
+            }],
+        }
+    })
+}
+
+/// Best-effort dotted key for a byte offset: the enclosing `[table]` and the key on that line.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line_end = text[offset..]
+        .find('\n')
+        .map(|i| offset + i)
+        .unwrap_or(text.len());
+    let line = text.get(line_start..line_end)?.trim();
+    let mut table = String::new();
+    let mut counts: std::collections::HashMap<String, usize> = Default::default();
+    for l in text[..line_start].lines() {
+        let l = l.trim();
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_string();
+            let n = counts.entry(name.clone()).or_insert(0);
+            table = format!("{name}[{n}]");
+            *n += 1;
+        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = name.trim().to_string();
+        }
+    }
+    if line.starts_with('[') {
+        let name = line.trim_matches(|c| c == '[' || c == ']').trim();
+        return Some(name.to_string());
+    }
+    let key = line.split('=').next()?.trim();
+    if key.is_empty() {
+        return None;
+    }
+    Some(if table.is_empty() {
+        key.to_string()
+    } else {
+        format!("{table}.{key}")
+    })
+}
+
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Some(port) = text.strip_prefix(':') {
+        if let Ok(p) = port.parse::<u16>() {
+            return Ok(SocketAddr::from(([0, 0, 0, 0], p)));
+        }
+    }
+    if let Some(port) = text.strip_prefix("localhost:") {
+        if let Ok(p) = port.parse::<u16>() {
+            return Ok(SocketAddr::from(([127, 0, 0, 1], p)));
+        }
+    }
+    Err(format!(
+        "`{text}` is not an address (use IP:PORT, e.g. 127.0.0.1:8080; port 0 picks a free one)"
+    ))
+}
+
+fn build(file: FileConfig, source: &str, ov: &Overrides) -> Result<Config, ConfigError> {
+    let mut issues = Vec::new();
+    let mut cfg = Config::default();
+    macro_rules! issue {
+        ($src:expr, $key:expr, $reason:expr $(,)?) => {
+            issues.push(ConfigIssue {
+                source: $src.to_string(),
+                key: String::from($key),
+                reason: String::from($reason),
+            })
+        };
+    }
+
+    for (i, l) in file.listener.iter().enumerate() {
+        let key = |k: &str| format!("listener[{i}].{k}");
+        let name = l.name.clone().unwrap_or_else(|| {
+            if i == 0 {
+                "default".to_string()
+            } else {
+                format!("listener{i}")
+            }
+        });
+        let listen = match l.listen.as_deref() {
+            Some(t) => parse_addr(t).map_err(|r| issue!(source, key("listen"), r)).ok(),
+            None => {
+                issue!(source, key("listen"), "is required");
+                None
+            }
+        };
+        let upstream = match l.upstream.as_deref() {
+            Some(t) => Upstream::parse(t)
+                .map_err(|r| issue!(source, key("upstream"), r))
+                .ok(),
+            None => {
+                issue!(source, key("upstream"), "is required");
+                None
+            }
+        };
+        let provider = match l.provider.as_deref() {
+            Some(p) => match Provider::parse(p) {
+                Some(p) => Some(p),
+                None => {
+                    issue!(
+                        source,
+                        key("provider"),
+                        format!("unknown provider `{p}` (use openai, anthropic or azure.ai.openai)"),
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        if let (Some(listen), Some(upstream)) = (listen, upstream) {
+            cfg.listeners.push(ListenerConfig {
+                name,
+                listen,
+                upstream,
+                provider,
+            });
+        }
+    }
+
+    // Flags / SEMTAP_* override the first listener, or create one.
+    if ov.listen.is_some() || ov.upstream.is_some() {
+        let listen = ov
+            .listen
+            .as_deref()
+            .map(|t| parse_addr(t).map_err(|r| issue!(CLI, "--listen", r)).ok());
+        let upstream = ov.upstream.as_deref().map(|t| {
+            Upstream::parse(t)
+                .map_err(|r| issue!(CLI, "--upstream", r))
+                .ok()
+        });
+        if let Some(first) = cfg.listeners.first_mut() {
+            if let Some(Some(l)) = listen {
+                first.listen = l;
+            }
+            if let Some(Some(u)) = upstream {
+                first.upstream = u;
+            }
+        } else {
+            match (listen, upstream) {
+                (Some(Some(listen)), Some(Some(upstream))) => cfg.listeners.push(ListenerConfig {
+                    name: "default".into(),
+                    listen,
+                    upstream,
+                    provider: None,
+                }),
+                (None, _) => issue!(
+                    CLI,
+                    "--listen",
+                    "is required with --upstream when no config file defines a listener",
+                ),
+                (_, None) => issue!(
+                    CLI,
+                    "--upstream",
+                    "is required with --listen when no config file defines a listener",
+                ),
+                _ => {}
+            }
+        }
+    }
+
+    let mut names = std::collections::HashSet::new();
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        if !names.insert(l.name.clone()) {
+            issue!(
+                source,
+                format!("listener[{i}].name"),
+                format!("duplicate listener name `{}`", l.name),
+            );
+        }
+    }
+
+    match ov.admin.as_deref() {
+        Some(t) => match parse_addr(t) {
+            Ok(a) => cfg.admin_listen = a,
+            Err(r) => issue!(CLI, "--admin", r),
+        },
+        None => {
+            if let Some(t) = file.admin.listen.as_deref() {
+                match parse_addr(t) {
+                    Ok(a) => cfg.admin_listen = a,
+                    Err(r) => issue!(source, "admin.listen", r),
+                }
+            }
+        }
+    }
+
+    cfg.state_dir = ov.state_dir.clone().or(file.state_dir);
+
+    let lim = &file.limits;
+    macro_rules! positive {
+        ($v:expr, $key:expr) => {
+            match $v {
+                Some(0) => {
+                    issue!(source, $key, "must be greater than 0");
+                    None
+                }
+                other => other,
+            }
+        };
+    }
+    if let Some(v) = positive!(lim.capture_bytes, "limits.capture_bytes") {
+        cfg.limits.capture_bytes = v as usize;
+    }
+    if let Some(v) = positive!(lim.decompressed_bytes, "limits.decompressed_bytes") {
+        cfg.limits.decompressed_bytes = v as usize;
+    }
+    if let Some(v) = positive!(lim.max_in_flight, "limits.max_in_flight") {
+        cfg.limits.max_in_flight = v as usize;
+    }
+    if let Some(d) = lim.connect_timeout {
+        cfg.limits.connect_timeout = d.0;
+    }
+    if let Some(d) = lim.response_timeout {
+        cfg.limits.response_timeout = d.0;
+    }
+    if let Some(d) = lim.idle_timeout {
+        cfg.limits.idle_timeout = d.0;
+    }
+    for (key, d) in [
+        ("limits.connect_timeout", cfg.limits.connect_timeout),
+        ("limits.response_timeout", cfg.limits.response_timeout),
+        ("limits.idle_timeout", cfg.limits.idle_timeout),
+    ] {
+        if d.is_zero() {
+            issue!(source, key, "must be greater than 0");
+        }
+    }
+    if let Some(v) = positive!(file.pipeline.queue, "pipeline.queue") {
+        cfg.pipeline_queue = v as usize;
+    }
+    if let Some(v) = positive!(file.metrics.max_models, "metrics.max_models") {
+        cfg.max_models = v as usize;
+    }
+    if let Some(g) = file.shutdown.grace {
+        cfg.shutdown_grace = g.0;
+    }
+
+    match ov.log_format.as_deref() {
+        Some(f) => match LogFormat::parse(f) {
+            Some(f) => cfg.log_format = f,
+            None => issue!(CLI, "--log-format", format!("`{f}` is not human or json")),
+        },
+        None => {
+            if let Some(f) = file.log.format.as_deref() {
+                match LogFormat::parse(f) {
+                    Some(f) => cfg.log_format = f,
+                    None => issue!(source, "log.format", format!("`{f}` is not human or json")),
+                }
+            }
+        }
+    }
+    if let Some(l) = ov.log_level.clone().or(file.log.level) {
+        if tracing_subscriber::EnvFilter::try_new(&l).is_err() {
+            issue!(source, "log.level", format!("`{l}` is not a log filter"));
+        } else {
+            cfg.log_level = l;
+        }
+    }
+
+    if let Some(path) = file.capture.file {
+        let max_bytes = positive!(file.capture.max_bytes, "capture.max_bytes")
+            .unwrap_or(100 << 20);
+        let keep = file.capture.keep.unwrap_or(3) as usize;
+        cfg.capture_file = Some(CaptureFileConfig {
+            path,
+            max_bytes,
+            keep,
+        });
+    }
+
+    if cfg.listeners.is_empty() && issues.is_empty() {
+        issue!(
+            source,
+            "listener",
+            "no listener: add a [[listener]] with listen and upstream, or pass --listen and --upstream",
+        );
+    }
+
+    if issues.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(ConfigError { issues })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_units_and_bare_seconds() {
+        assert_eq!(parse_duration("250ms").ok(), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s").ok(), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("5m").ok(), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2").ok(), Some(Duration::from_secs(2)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let text = include_str!("../semtap.example.toml");
+        let cfg = Config::from_toml(text, "semtap.example.toml");
+        assert!(cfg.is_ok(), "{:?}", cfg.err());
+    }
+
+    #[test]
+    fn errors_name_file_key_and_reason() {
+        let text = "[[listener]]\nlisten = \"127.0.0.1:8080\"\nupstream = \"ftp://x\"\n\n[[listener]]\nlisten = \"nope\"\nupstream = \"http://a\"\n";
+        let err = Config::from_toml(text, "bad.toml").err();
+        let err = err.map(|e| e.issues).unwrap_or_default();
+        assert_eq!(err.len(), 2);
+        assert_eq!(err[0].source, "bad.toml");
+        assert_eq!(err[0].key, "listener[0].upstream");
+        assert!(err[0].reason.contains("not supported"));
+        assert_eq!(err[1].key, "listener[1].listen");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = "[limits]\ncapture_bytez = 5\n";
+        let err = Config::from_toml(text, "c.toml").err().map(|e| e.issues);
+        let issues = err.unwrap_or_default();
+        assert_eq!(issues.len(), 1);
+        assert_eq!(issues[0].key, "limits.capture_bytez");
+        assert!(issues[0].reason.contains("unknown field"), "{}", issues[0].reason);
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let text = "[limits]\nidle_timeout = \"forever\"\n";
+        let issues = Config::from_toml(text, "c.toml").err().map(|e| e.issues).unwrap_or_default();
+        assert_eq!(issues.len(), 1);
+        assert_eq!(issues[0].key, "limits.idle_timeout");
+    }
+
+    #[test]
+    fn flags_alone_make_a_listener() {
+        let ov = Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            upstream: Some("http://127.0.0.1:9/v1/".into()),
+            ..Default::default()
+        };
+        let cfg = Config::load(None, &ov);
+        let cfg = match cfg {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(cfg.listeners.len(), 1);
+        assert_eq!(cfg.listeners[0].upstream.path_prefix, "/v1");
+        assert_eq!(cfg.admin_listen.port(), 9464);
+    }
+
+    #[test]
+    fn upstream_with_credentials_is_refused() {
+        assert!(Upstream::parse("https://user:sk-secret@api.openai.com").is_err());
+    }
+}

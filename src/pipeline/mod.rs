@@ -1,0 +1,267 @@
+//! From the data path to analysis: the bounded queue of captures, the analysis thread that
+//! turns each capture into an [`ExchangeRecord`], and the fan-out of records to consumers.
+//!
+//! The data path only ever calls [`Submitter::submit`], a `try_send`: when the queue is full
+//! the capture is dropped and counted (`semtap_records_dropped_total{reason="queue_full"}`),
+//! and the request is never delayed.
+
+pub mod assemble;
+pub mod capture_file;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::metrics::Metrics;
+use crate::protocol::RouteMatch;
+use crate::record::{ExchangeRecord, Outcome, RateLimit};
+use crate::tap::body::BudgetHold;
+
+/// A captured body: the first bytes of it (up to the capture cap) and its real length.
+#[derive(Debug, Default)]
+pub struct CapturedBody {
+    pub bytes: Vec<u8>,
+    pub total: u64,
+    pub truncated: bool,
+    pub(crate) _budget: BudgetHold,
+}
+
+/// What the data path knows about one exchange when it ends. No secrets: credentials,
+/// cookies and the query string are never copied in here.
+#[derive(Debug, Default)]
+pub struct Capture {
+    pub id: String,
+    pub listener: Arc<str>,
+    pub started_at_ms: u64,
+    pub method: String,
+    pub path: String,
+    pub route: RouteMatch,
+    /// Value of the `x-semtap-route` request header.
+    pub route_header: Option<String>,
+    pub traceparent: Option<String>,
+    pub server_address: Arc<str>,
+    pub server_port: u16,
+    pub request: CapturedBody,
+    pub request_encoding: Option<String>,
+    pub status: u16,
+    pub response_content_type: Option<String>,
+    pub response_encoding: Option<String>,
+    pub rate_limit: Option<RateLimit>,
+    pub response: CapturedBody,
+    /// (response bytes received so far, microseconds since start) per body chunk.
+    pub chunk_times: Vec<(u64, u64)>,
+    pub outcome: Outcome,
+    pub error_detail: Option<&'static str>,
+    pub duration: Duration,
+    /// When the upstream's response headers arrived, since start.
+    pub upstream_headers_after: Option<Duration>,
+    /// When the request was handed to the upstream client, since start.
+    pub dispatch_after: Duration,
+    /// Time spent forwarding body chunks inside semtap.
+    pub forward_overhead: Duration,
+}
+
+/// Where records go after analysis. Implementations must not block: a slow consumer keeps
+/// its own bounded queue and counts what it drops.
+pub trait RecordSink: Send + Sync {
+    /// Takes one record.
+    fn accept(&self, record: &Arc<ExchangeRecord>);
+    /// Called once at shutdown, after the last record.
+    fn flush(&self) {}
+}
+
+/// The data path's handle on the analysis queue.
+#[derive(Clone)]
+pub struct Submitter {
+    tx: SyncSender<Capture>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    depth: AtomicUsize,
+    capacity: usize,
+    dropped: AtomicU64,
+    processed: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+impl Submitter {
+    /// Queues a capture for analysis without waiting; drops and counts it if the queue is full.
+    pub fn submit(&self, capture: Capture) {
+        self.shared.depth.fetch_add(1, Ordering::Relaxed);
+        match self.tx.try_send(capture) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.shared.depth.fetch_sub(1, Ordering::Relaxed);
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .metrics
+                    .counter("semtap.records_dropped", &[("reason", "queue_full")])
+                    .inc();
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.shared.depth.fetch_sub(1, Ordering::Relaxed);
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .metrics
+                    .counter("semtap.records_dropped", &[("reason", "shutdown")])
+                    .inc();
+            }
+        }
+    }
+}
+
+/// Counts for `/status`.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct PipelineStats {
+    pub queue_depth: usize,
+    pub queue_capacity: usize,
+    pub dropped: u64,
+    pub processed: u64,
+}
+
+/// The analysis stage: one thread of its own, so parsing never runs on the proxy's runtime.
+pub struct Pipeline {
+    submitter: Mutex<Option<Submitter>>,
+    shared: Arc<Shared>,
+    sinks: Arc<Mutex<Vec<Arc<dyn RecordSink>>>>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Pipeline {
+    /// Starts the analysis thread with a queue of `capacity` captures.
+    pub fn start(capacity: usize, decompressed_cap: usize, metrics: Arc<Metrics>) -> Arc<Pipeline> {
+        let (tx, rx) = mpsc::sync_channel(capacity);
+        let shared = Arc::new(Shared {
+            depth: AtomicUsize::new(0),
+            capacity,
+            dropped: AtomicU64::new(0),
+            processed: AtomicU64::new(0),
+            metrics,
+        });
+        let sinks: Arc<Mutex<Vec<Arc<dyn RecordSink>>>> = Arc::default();
+        let worker = {
+            let shared = shared.clone();
+            let sinks = sinks.clone();
+            std::thread::Builder::new()
+                .name("semtap-analysis".into())
+                .spawn(move || run_worker(rx, shared, sinks, decompressed_cap))
+                .ok()
+        };
+        if worker.is_none() {
+            tracing::error!("could not start the analysis thread; records will be dropped");
+        }
+        Arc::new(Pipeline {
+            submitter: Mutex::new(Some(Submitter {
+                tx,
+                shared: shared.clone(),
+            })),
+            shared,
+            sinks,
+            worker: Mutex::new(worker),
+        })
+    }
+
+    /// A handle for the data path. `None` after shutdown.
+    pub fn submitter(&self) -> Option<Submitter> {
+        self.submitter.lock().clone()
+    }
+
+    /// Adds a consumer of records.
+    pub fn add_sink(&self, sink: Arc<dyn RecordSink>) {
+        self.sinks.lock().push(sink);
+    }
+
+    /// Queue depth, capacity and counts.
+    pub fn stats(&self) -> PipelineStats {
+        PipelineStats {
+            queue_depth: self.shared.depth.load(Ordering::Relaxed),
+            queue_capacity: self.shared.capacity,
+            dropped: self.shared.dropped.load(Ordering::Relaxed),
+            processed: self.shared.processed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops taking captures, drains the queue (up to `timeout`) and flushes the sinks.
+    /// Callers must drop their own `Submitter` clones first (the tap does on shutdown).
+    pub fn shutdown(&self, timeout: Duration) {
+        self.submitter.lock().take();
+        let handle = self.worker.lock().take();
+        if let Some(h) = handle {
+            let deadline = std::time::Instant::now() + timeout;
+            while !h.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if h.is_finished() {
+                let _ = h.join();
+            } else {
+                tracing::warn!(
+                    queued = self.shared.depth.load(Ordering::Relaxed),
+                    "analysis did not drain before the shutdown deadline"
+                );
+            }
+        }
+        for s in self.sinks.lock().iter() {
+            s.flush();
+        }
+    }
+}
+
+fn run_worker(
+    rx: Receiver<Capture>,
+    shared: Arc<Shared>,
+    sinks: Arc<Mutex<Vec<Arc<dyn RecordSink>>>>,
+    decompressed_cap: usize,
+) {
+    let depth_gauge = shared.metrics.gauge("semtap.analysis.queue_depth", &[]);
+    while let Ok(capture) = rx.recv() {
+        let depth = shared.depth.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        depth_gauge.set(depth as f64);
+        let record = assemble::assemble(capture, decompressed_cap);
+        shared.metrics.record_exchange(&record);
+        shared.processed.fetch_add(1, Ordering::Relaxed);
+        let record = Arc::new(record);
+        let sinks = sinks.lock().clone();
+        for s in &sinks {
+            s.accept(&record);
+        }
+    }
+}
+
+/// A sink that keeps records for a reader in the same process (tests, the demo), bounded:
+/// when the reader falls behind, records are dropped and counted.
+pub struct ChannelSink {
+    tx: SyncSender<Arc<ExchangeRecord>>,
+    dropped: AtomicU64,
+}
+
+impl ChannelSink {
+    /// A sink and its receiving end, holding at most `capacity` unread records.
+    pub fn new(capacity: usize) -> (Arc<ChannelSink>, Receiver<Arc<ExchangeRecord>>) {
+        let (tx, rx) = mpsc::sync_channel(capacity);
+        (
+            Arc::new(ChannelSink {
+                tx,
+                dropped: AtomicU64::new(0),
+            }),
+            rx,
+        )
+    }
+
+    /// Records dropped because the reader fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl RecordSink for ChannelSink {
+    fn accept(&self, record: &Arc<ExchangeRecord>) {
+        if self.tx.try_send(record.clone()).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}

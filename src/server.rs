@@ -1,0 +1,135 @@
+//! Wires the parts together: metrics, the analysis pipeline, the tap's listeners and the
+//! admin server, started in that order and stopped in reverse.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::admin::{Admin, AdminState, Health};
+use crate::config::Config;
+use crate::metrics::{Metrics, MetricsOptions};
+use crate::pipeline::capture_file::CaptureFileSink;
+use crate::pipeline::{Pipeline, RecordSink};
+use crate::tap::{Tap, TapError};
+
+/// Errors starting semtap.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    #[error("admin server cannot bind {addr}: {source}")]
+    Admin {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("capture file {path}: {source}")]
+    CaptureFile {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// A running semtap.
+pub struct Running {
+    pub metrics: Arc<Metrics>,
+    pub pipeline: Arc<Pipeline>,
+    pub health: Arc<Health>,
+    tap: Option<Tap>,
+    admin: Option<Admin>,
+    listeners: Vec<crate::tap::BoundListener>,
+    grace: Duration,
+}
+
+impl Running {
+    /// Starts everything `cfg` describes. Ready (per `/readyz`) when this returns.
+    pub async fn start(cfg: &Config) -> Result<Running, StartError> {
+        Self::start_with_sinks(cfg, Vec::new()).await
+    }
+
+    /// Like [`Running::start`], with extra record consumers (tests, the demo).
+    pub async fn start_with_sinks(cfg: &Config, sinks: Vec<Arc<dyn RecordSink>>) -> Result<Running, StartError> {
+        let mut opts = MetricsOptions::from_env();
+        opts.max_models = cfg.max_models;
+        let metrics = Arc::new(Metrics::new(opts));
+        let health = Health::new();
+        let pipeline = Pipeline::start(cfg.pipeline_queue, cfg.limits.decompressed_bytes, metrics.clone());
+        for s in sinks {
+            pipeline.add_sink(s);
+        }
+        if let Some(cf) = &cfg.capture_file {
+            let sink = CaptureFileSink::start(cf).map_err(|source| StartError::CaptureFile {
+                path: cf.path.display().to_string(),
+                source,
+            })?;
+            pipeline.add_sink(sink);
+        }
+        health.set("pipeline", "ok", "");
+        let Some(submitter) = pipeline.submitter() else {
+            unreachable_pipeline();
+            return Err(StartError::Tap(TapError::Client("pipeline closed".into())));
+        };
+        let tap = Tap::start(cfg, metrics.clone(), submitter).await?;
+        health.set("tap", "ok", "");
+        let listeners = tap.listeners.clone();
+        let state = Arc::new(AdminState {
+            health: health.clone(),
+            metrics: metrics.clone(),
+            pipeline: pipeline.clone(),
+            listeners: Mutex::new(listeners.clone()),
+            admin_addr: Mutex::new(None),
+        });
+        let admin = Admin::start(cfg.admin_listen, state)
+            .await
+            .map_err(|source| StartError::Admin {
+                addr: cfg.admin_listen,
+                source,
+            })?;
+        health.set_ready(true);
+        tracing::info!(listeners = listeners.len(), admin = %admin.addr, "semtap ready");
+        Ok(Running {
+            metrics,
+            pipeline,
+            health,
+            tap: Some(tap),
+            admin: Some(admin),
+            listeners,
+            grace: cfg.shutdown_grace,
+        })
+    }
+
+    /// The bound address of the listener called `name`.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.iter().find(|l| l.name == name).map(|l| l.addr)
+    }
+
+    /// Bound addresses of all listeners, in config order.
+    pub fn listener_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().map(|l| l.addr).collect()
+    }
+
+    /// The admin server's bound address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr)
+    }
+
+    /// Graceful stop: not ready, stop accepting, let in-flight streams finish up to the
+    /// grace period, drain analysis, flush sinks.
+    pub async fn shutdown(mut self) {
+        self.health.set_ready(false);
+        if let Some(tap) = self.tap.take() {
+            tap.shutdown(self.grace).await;
+        }
+        let pipeline = self.pipeline.clone();
+        let _ = tokio::task::spawn_blocking(move || pipeline.shutdown(Duration::from_secs(5))).await;
+        if let Some(admin) = self.admin.take() {
+            admin.shutdown().await;
+        }
+        tracing::info!("semtap stopped");
+    }
+}
+
+fn unreachable_pipeline() {
+    tracing::error!("analysis pipeline closed before start");
+}

@@ -1,0 +1,293 @@
+//! The request handler: where a request enters semtap and leaves for the upstream.
+//!
+//! Order of work per request: classify the path, rewrite the URI and `Host`, drop hop-by-hop
+//! headers, send with the body tee'd into a capped capture, and return the upstream's
+//! status, headers and body frames as they come. Analysis happens after, elsewhere.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use http::{header, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
+
+use super::body::{CaptureBudget, CaptureBuf, Exchange, RequestTee, TapBody};
+use super::errors::error_response;
+use super::headers::{self, is_upgrade_request, strip_hop_by_hop};
+use super::upstream::{is_connect_timeout, UpstreamClient};
+use super::ProxyBody;
+use crate::config::{Limits, Upstream};
+use crate::metrics::Metrics;
+use crate::pipeline::{Capture, Submitter};
+use crate::protocol::classify;
+use crate::record::{Api, Outcome, Provider, RateLimit};
+
+/// Everything one listener's requests share.
+pub struct ListenerCtx {
+    pub name: Arc<str>,
+    pub upstream: Upstream,
+    pub provider_hint: Option<Provider>,
+    pub client: UpstreamClient,
+    pub limits: Limits,
+    pub submitter: Submitter,
+    pub metrics: Arc<Metrics>,
+    pub inflight: Arc<Semaphore>,
+    pub budget: Arc<CaptureBudget>,
+    pub server_address: Arc<str>,
+}
+
+/// Unique exchange ids: a random per-process prefix and a counter (unique across restarts).
+fn next_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let p = *PREFIX.get_or_init(rand::random::<u64>);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{p:016x}{n:016x}")
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Finishes the exchange as cancelled if the handler future is dropped before the upstream
+/// answered (the client went away); hyper then drops the upstream request too.
+struct PendingGuard(Option<Exchange>);
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        if let Some(ex) = self.0.take() {
+            ex.finish(Outcome::ClientCancelled, None);
+        }
+    }
+}
+
+/// Handles one request from the app.
+pub async fn handle(ctx: Arc<ListenerCtx>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let started_at_ms = now_ms();
+    let (mut parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let route = classify(
+        &parts.method,
+        &path,
+        ctx.provider_hint,
+        parts.headers.contains_key("anthropic-version"),
+    );
+    let provider_for_errors = if route.provider == Provider::Unknown {
+        ctx.provider_hint.unwrap_or(if parts.headers.contains_key("anthropic-version") {
+            Provider::Anthropic
+        } else {
+            Provider::OpenAi
+        })
+    } else {
+        route.provider
+    };
+
+    let Ok(permit) = ctx.inflight.clone().try_acquire_owned() else {
+        ctx.metrics.counter("semtap.rejected", &[("reason", "max_in_flight")]).inc();
+        return Ok(error_response(
+            provider_for_errors,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many requests in flight through semtap (limits.max_in_flight)",
+        ));
+    };
+
+    let upgrade = parts.version == Version::HTTP_11 && is_upgrade_request(&parts.headers);
+    let analysed = route.api != Api::Other && !upgrade;
+
+    let mut pq = String::with_capacity(ctx.upstream.path_prefix.len() + path.len() + 64);
+    pq.push_str(&ctx.upstream.path_prefix);
+    pq.push_str(&path);
+    if let Some(q) = parts.uri.query() {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let uri = match Uri::builder()
+        .scheme(ctx.upstream.scheme.clone())
+        .authority(ctx.upstream.authority.clone())
+        .path_and_query(pq)
+        .build()
+    {
+        Ok(u) => u,
+        Err(_) => {
+            return Ok(error_response(provider_for_errors, StatusCode::BAD_REQUEST, "bad_request", "request path cannot be forwarded"));
+        }
+    };
+
+    let route_header = headers::text(&parts.headers, "x-semtap-route", 128);
+    let traceparent = headers::text(&parts.headers, "traceparent", 128);
+    let request_encoding = headers::text(&parts.headers, "content-encoding", 32);
+    let client_upgrade = if upgrade {
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
+
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    parts.headers.remove(header::HOST);
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    parts.extensions = http::Extensions::new();
+
+    let cap = if analysed { ctx.limits.capture_bytes } else { 0 };
+    let request_capture = analysed.then(|| Arc::new(Mutex::new(CaptureBuf::new(cap, Some(ctx.budget.clone())))));
+    let up_req = Request::from_parts(parts, RequestTee::new(body, request_capture.clone()));
+    let method = up_req.method().to_string();
+
+    let metrics = ctx.metrics.clone();
+    let on_finish: Box<dyn FnOnce(&Capture) + Send> = Box::new(move |c: &Capture| {
+        metrics.record_request(
+            &c.listener,
+            c.route.provider.as_str(),
+            c.route.api.operation(),
+            c.status,
+            c.outcome.as_str(),
+        );
+        metrics.observe_plain_duration(&c.listener, c.duration.as_secs_f64());
+    });
+
+    let mut guard = PendingGuard(Some(Exchange {
+        capture: Capture {
+            id: next_id(),
+            listener: ctx.name.clone(),
+            started_at_ms,
+            method,
+            path,
+            route: route.clone(),
+            route_header,
+            traceparent,
+            server_address: ctx.server_address.clone(),
+            server_port: ctx.upstream.port(),
+            request_encoding,
+            ..Default::default()
+        },
+        request_capture,
+        response_capture: CaptureBuf::new(cap, Some(ctx.budget.clone())),
+        started,
+        submitter: analysed.then(|| ctx.submitter.clone()),
+        permit: Some(permit),
+        on_finish: Some(on_finish),
+    }));
+    if let Some(ex) = guard.0.as_mut() {
+        ex.capture.dispatch_after = started.elapsed();
+    }
+
+    let sent = tokio::time::timeout(ctx.limits.response_timeout, ctx.client.request(up_req)).await;
+    let resp = match sent {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            let timeout = is_connect_timeout(&e);
+            let (status, kind, outcome) = if timeout {
+                (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", Outcome::UpstreamTimeout)
+            } else {
+                (StatusCode::BAD_GATEWAY, "upstream_unreachable", Outcome::UpstreamUnreachable)
+            };
+            let what = if e.is_connect() { "connect" } else { "request" };
+            tracing::warn!(listener = %ctx.name, upstream = %ctx.upstream, error = %error_chain(&e), "upstream {what} failed");
+            ctx.metrics.counter("semtap.upstream_errors", &[("kind", kind)]).inc();
+            let resp = error_response(provider_for_errors, status, kind, &format!("upstream {what} failed"));
+            if let Some(mut ex) = guard.0.take() {
+                ex.capture.status = status.as_u16();
+                ex.finish(outcome, None);
+            }
+            return Ok(resp);
+        }
+        Err(_) => {
+            tracing::warn!(listener = %ctx.name, upstream = %ctx.upstream, "upstream did not answer within limits.response_timeout");
+            ctx.metrics.counter("semtap.upstream_errors", &[("kind", "upstream_timeout")]).inc();
+            let resp = error_response(provider_for_errors, StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "upstream did not answer in time");
+            if let Some(mut ex) = guard.0.take() {
+                ex.capture.status = 504;
+                ex.finish(Outcome::UpstreamTimeout, None);
+            }
+            return Ok(resp);
+        }
+    };
+
+    let Some(mut ex) = guard.0.take() else {
+        return Ok(error_response(provider_for_errors, StatusCode::INTERNAL_SERVER_ERROR, "internal", "exchange state lost"));
+    };
+    ex.capture.upstream_headers_after = Some(started.elapsed());
+    ex.capture.status = resp.status().as_u16();
+    let h = resp.headers();
+    ex.capture.response_content_type = headers::text(h, "content-type", 128);
+    ex.capture.response_encoding = headers::text(h, "content-encoding", 32);
+    ex.capture.rate_limit = rate_limit(h);
+
+    if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(switch_protocols(&ctx, resp, client_upgrade, ex));
+    }
+
+    let (mut rparts, rbody) = resp.into_parts();
+    strip_hop_by_hop(&mut rparts.headers, false);
+    rparts.version = Version::HTTP_11;
+    let body = TapBody::new(rbody, ex, ctx.limits.idle_timeout);
+    Ok(Response::from_parts(rparts, body.boxed_unsync()))
+}
+
+/// Completes a WebSocket (or other) upgrade: both sides' raw bytes are copied untouched.
+fn switch_protocols(
+    ctx: &Arc<ListenerCtx>,
+    mut resp: Response<Incoming>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ex: Exchange,
+) -> Response<ProxyBody> {
+    ctx.metrics.counter("semtap.websocket_upgrades", &[]).inc();
+    let upstream_upgrade = hyper::upgrade::on(&mut resp);
+    let (mut rparts, _) = resp.into_parts();
+    strip_hop_by_hop(&mut rparts.headers, true);
+    let name = ctx.name.clone();
+    tokio::spawn(async move {
+        let ex = ex;
+        let Some(client_upgrade) = client_upgrade else {
+            ex.finish(Outcome::ClientCancelled, None);
+            return;
+        };
+        match tokio::join!(client_upgrade, upstream_upgrade) {
+            (Ok(c), Ok(u)) => {
+                let mut c = TokioIo::new(c);
+                let mut u = TokioIo::new(u);
+                let r = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                tracing::debug!(listener = %name, result = ?r.as_ref().map_err(|e| e.kind()), "upgraded connection closed");
+                ex.finish(Outcome::Complete, None);
+            }
+            _ => {
+                tracing::debug!(listener = %name, "upgrade did not complete");
+                ex.finish(Outcome::ClientCancelled, None);
+            }
+        }
+    });
+    Response::from_parts(rparts, Empty::new().map_err(|never| match never {}).boxed_unsync())
+}
+
+/// Remaining request/token budget from OpenAI's or Anthropic's rate-limit headers.
+fn rate_limit(h: &http::HeaderMap) -> Option<RateLimit> {
+    let rl = RateLimit {
+        remaining_requests: headers::number(h, "x-ratelimit-remaining-requests")
+            .or_else(|| headers::number(h, "anthropic-ratelimit-requests-remaining")),
+        remaining_tokens: headers::number(h, "x-ratelimit-remaining-tokens")
+            .or_else(|| headers::number(h, "anthropic-ratelimit-tokens-remaining")),
+    };
+    (rl.remaining_requests.is_some() || rl.remaining_tokens.is_some()).then_some(rl)
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
