@@ -171,7 +171,7 @@ async fn a_planted_key_appears_nowhere_semtap_writes() {
     }
     // A body that is not a valid chat request, so the anomaly path logs too.
     let (s, _, _) = send(&c, http::Request::post(format!("http://{listen}/v1/chat/completions?key={KEY}")).header("authorization", format!("Bearer {KEY}")).body(Full::new(Bytes::from_static(b"{}"))).expect("req")).await;
-    assert_eq!(s, 200);
+    assert!(s == 200 || s == 400, "{s}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let metrics = get_text(&format!("http://{admin}/metrics")).await.1;
     let status = get_text(&format!("http://{admin}/status")).await.1;

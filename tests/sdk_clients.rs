@@ -42,7 +42,8 @@ async fn official_sdks_see_the_same_answers_through_semtap() {
         assert_eq!(d, &v["tapped"][case], "{case} differs through semtap");
     }
     assert_eq!(v["tapped"]["openai_429"], "RateLimitError");
-    assert_eq!(v["tapped"]["anthropic_529"], "InternalServerError:529");
+    // OverloadedError in recent SDKs, InternalServerError in older ones; the same as direct.
+    assert!(v["tapped"]["anthropic_529"].as_str().unwrap_or("").ends_with(":529"));
     assert!(!v["tapped"]["anthropic_stream"]["text"].as_str().unwrap_or("").is_empty());
     // Every SDK call (7) became a record.
     let mut n = 0;

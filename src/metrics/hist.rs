@@ -36,6 +36,8 @@ const SIGFIG: u8 = 2;
 pub struct HistogramSpec {
     scale: f64,
     max_units: u64,
+    /// `max_units / scale`, precomputed: the record path should not divide.
+    max_value: f64,
 }
 
 impl HistogramSpec {
@@ -48,7 +50,11 @@ impl HistogramSpec {
 
     /// A spec storing `value * scale` as an integer, clamping larger values to `max_units`.
     pub const fn new(scale: f64, max_units: u64) -> HistogramSpec {
-        HistogramSpec { scale, max_units }
+        HistogramSpec {
+            scale,
+            max_units,
+            max_value: max_units as f64 / scale,
+        }
     }
 
     /// Integer units per caller unit.
@@ -58,7 +64,7 @@ impl HistogramSpec {
 
     /// Largest value (in caller units) recorded without clamping.
     pub fn max_value(&self) -> f64 {
-        self.max_units as f64 / self.scale
+        self.max_value
     }
 
     /// Clamps into `[0, max_value]`; `None` for NaN, which is dropped rather than recorded.
@@ -69,15 +75,16 @@ impl HistogramSpec {
         } else if v <= 0.0 {
             Some(0.0)
         } else {
-            Some(v.min(self.max_value()))
+            Some(v.min(self.max_value))
         }
     }
 
-    /// Integer units for an already clamped value (rounded to the nearest unit).
+    /// Integer units for an already clamped (non-negative) value, rounded to the nearest unit.
     #[inline]
     fn units(&self, clamped: f64) -> u64 {
-        // `as` saturates, and `clamped` is within [0, max_units] anyway.
-        ((clamped * self.scale).round() as u64).min(self.max_units)
+        // `+ 0.5` then truncation rounds a non-negative value without a libm call; `as`
+        // saturates, and the result is capped anyway.
+        ((clamped * self.scale + 0.5) as u64).min(self.max_units)
     }
 }
 

@@ -60,9 +60,11 @@ pub const TOKEN_BUCKETS: &[f64] = &[
     16777216.0,
     67108864.0,
 ];
-/// HTTP semantic-convention buckets, for plain (non-LLM) request durations (seconds).
-pub const HTTP_DURATION_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+/// Request durations as plain HTTP (seconds): the HTTP semantic-convention buckets up to 10 s,
+/// extended to 5 minutes because LLM calls through the same listener run that long.
+pub const REQUEST_DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0,
+    120.0, 300.0,
 ];
 /// semtap's own overhead is tens of microseconds; buckets resolve that range (seconds).
 pub const OVERHEAD_BUCKETS: &[f64] = &[
@@ -315,13 +317,13 @@ pub mod desc {
         "{request}",
         "HTTP requests proxied by semtap, LLM API calls or not.",
     );
-    /// Duration of plain traffic.
-    pub const PLAIN_DURATION: MetricDesc = MetricDesc::histogram(
-        "semtap.plain.duration",
+    /// Duration of every request seen as plain HTTP.
+    pub const REQUEST_DURATION: MetricDesc = MetricDesc::histogram(
+        "semtap.request.duration",
         "s",
-        "Duration of proxied requests that were not recognised as LLM API calls.",
+        "Duration of proxied requests as plain HTTP (LLM API calls or not), measured by the data path.",
         HistogramSpec::SECONDS,
-        HTTP_DURATION_BUCKETS,
+        REQUEST_DURATION_BUCKETS,
     );
     /// Values folded into `other` by a label cap.
     pub const LABEL_OVERFLOW: MetricDesc = MetricDesc::counter(
@@ -393,7 +395,7 @@ pub const KNOWN: &[MetricDesc] = &[
     desc::RATE_LIMIT_REMAINING_REQUESTS,
     desc::RATE_LIMIT_REMAINING_TOKENS,
     desc::REQUESTS,
-    desc::PLAIN_DURATION,
+    desc::REQUEST_DURATION,
     desc::LABEL_OVERFLOW,
     desc::RECORDS_DROPPED,
     desc::CAPTURED_BYTES,
@@ -899,7 +901,7 @@ impl Metrics {
             .inc();
     }
 
-    /// Records the duration of a request not recognised as an LLM call (`semtap.plain.duration`).
+    /// Records a request's duration as plain HTTP (`semtap.request.duration`), LLM call or not.
     pub fn observe_plain_duration(&self, listener: &str, secs: f64) {
         if self.plain.with(&[listener], |h| h.record(secs)).is_some() {
             return;
@@ -907,7 +909,7 @@ impl Metrics {
         let l = self.caps.listener.admit(listener);
         self.plain
             .get_or_insert_with(&[l], || {
-                self.histogram(desc::PLAIN_DURATION.name, &[(label::LISTENER, l)])
+                self.histogram(desc::REQUEST_DURATION.name, &[(label::LISTENER, l)])
             })
             .record(secs);
     }

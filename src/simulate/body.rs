@@ -21,7 +21,10 @@ pub(crate) struct CancelGuard {
 
 impl CancelGuard {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        CancelGuard { shared, done: false }
+        CancelGuard {
+            shared,
+            done: false,
+        }
     }
 
     /// The response reached its intended end (or its intended fault).
@@ -60,9 +63,15 @@ impl MockBody {
         if bytes.is_empty() {
             // hyper may never poll an empty body: it is finished already.
             guard.finish();
-            return MockBody { kind: Kind::Full(None), guard: Some(guard) };
+            return MockBody {
+                kind: Kind::Full(None),
+                guard: Some(guard),
+            };
         }
-        MockBody { kind: Kind::Full(Some(bytes)), guard: Some(guard) }
+        MockBody {
+            kind: Kind::Full(Some(bytes)),
+            guard: Some(guard),
+        }
     }
 
     /// A body fed by a channel; `len` is its exact length when known.
@@ -71,7 +80,10 @@ impl MockBody {
         len: Option<u64>,
         guard: CancelGuard,
     ) -> Self {
-        MockBody { kind: Kind::Channel { rx, remaining: len }, guard: Some(guard) }
+        MockBody {
+            kind: Kind::Channel { rx, remaining: len },
+            guard: Some(guard),
+        }
     }
 
     fn finish(&mut self) {
@@ -127,7 +139,9 @@ impl Body for MockBody {
         match &self.kind {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Channel { remaining: Some(n), .. } => SizeHint::with_exact(*n),
+            Kind::Channel {
+                remaining: Some(n), ..
+            } => SizeHint::with_exact(*n),
             Kind::Channel { .. } => SizeHint::default(),
         }
     }
@@ -153,22 +167,34 @@ pub(crate) struct SseEvent {
 impl SseEvent {
     /// `data: {json}\n\n` (OpenAI chat and legacy completions).
     pub(crate) fn data(phase: Phase, v: &Value) -> Self {
-        SseEvent { phase, bytes: Bytes::from(format!("data: {}\n\n", to_json(v))) }
+        SseEvent {
+            phase,
+            bytes: Bytes::from(format!("data: {}\n\n", to_json(v))),
+        }
     }
 
     /// `event: name\ndata: {json}\n\n` (Anthropic, Responses).
     pub(crate) fn named(phase: Phase, name: &str, v: &Value) -> Self {
-        SseEvent { phase, bytes: Bytes::from(format!("event: {name}\ndata: {}\n\n", to_json(v))) }
+        SseEvent {
+            phase,
+            bytes: Bytes::from(format!("event: {name}\ndata: {}\n\n", to_json(v))),
+        }
     }
 
     /// `data: [DONE]\n\n`.
     pub(crate) fn done() -> Self {
-        SseEvent { phase: Phase::Post, bytes: Bytes::from_static(b"data: [DONE]\n\n") }
+        SseEvent {
+            phase: Phase::Post,
+            bytes: Bytes::from_static(b"data: [DONE]\n\n"),
+        }
     }
 
     /// Raw bytes (the `malformed_sse` junk).
     pub(crate) fn raw(phase: Phase, bytes: &'static [u8]) -> Self {
-        SseEvent { phase, bytes: Bytes::from_static(bytes) }
+        SseEvent {
+            phase,
+            bytes: Bytes::from_static(bytes),
+        }
     }
 }
 
@@ -268,7 +294,13 @@ fn write_json(v: &Value, out: &mut String) {
         Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();
             keys.sort_by_key(|k| {
-                (KEY_ORDER.iter().position(|o| o == k).unwrap_or(KEY_ORDER.len()), k.as_str())
+                (
+                    KEY_ORDER
+                        .iter()
+                        .position(|o| o == k)
+                        .unwrap_or(KEY_ORDER.len()),
+                    k.as_str(),
+                )
             });
             out.push('{');
             for (i, k) in keys.iter().enumerate() {

@@ -60,7 +60,10 @@ pub(crate) struct Timing {
 
 impl Timing {
     pub(crate) fn from_headers(headers: &HeaderMap) -> Self {
-        Timing { ttft: ms(headers, "x-mock-ttft-ms"), chunk_delay: ms(headers, "x-mock-chunk-delay-ms") }
+        Timing {
+            ttft: ms(headers, "x-mock-ttft-ms"),
+            chunk_delay: ms(headers, "x-mock-chunk-delay-ms"),
+        }
     }
 }
 
@@ -80,7 +83,10 @@ mod tests {
     #[test]
     fn parses_combined_faults() {
         let mut h = HeaderMap::new();
-        h.insert("x-mock-fault", http::HeaderValue::from_static("status=529, cut=3,gate,no_usage,bogus"));
+        h.insert(
+            "x-mock-fault",
+            http::HeaderValue::from_static("status=529, cut=3,gate,no_usage,bogus"),
+        );
         let f = Faults::from_headers(&h);
         assert_eq!(f.status, Some(529));
         assert_eq!(f.cut, Some(3));

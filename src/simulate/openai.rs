@@ -52,7 +52,8 @@ fn fingerprint(seed: u64) -> String {
 }
 
 fn max_tokens(req: &Value, keys: &[&str]) -> Option<u64> {
-    keys.iter().find_map(|k| req.get(*k).and_then(Value::as_u64))
+    keys.iter()
+        .find_map(|k| req.get(*k).and_then(Value::as_u64))
 }
 
 fn is_stream(req: &Value) -> bool {
@@ -61,7 +62,10 @@ fn is_stream(req: &Value) -> bool {
 
 fn include_usage(req: &Value, ctx: &Ctx) -> bool {
     !ctx.faults.no_usage
-        && req.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false)
+        && req
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
 }
 
 fn tools_tokens(req: &Value) -> u64 {
@@ -72,7 +76,9 @@ fn tools_tokens(req: &Value) -> u64 {
 }
 
 fn reasoning_tokens(model: &str, seed: u64) -> u64 {
-    let reasons = ["o1", "o3", "o4", "gpt-5"].iter().any(|p| model.starts_with(p));
+    let reasons = ["o1", "o3", "o4", "gpt-5"]
+        .iter()
+        .any(|p| model.starts_with(p));
     if reasons {
         64 * (1 + mix64(seed ^ 0x0007_ea50) % 6)
     } else {
@@ -111,10 +117,16 @@ enum Said {
 
 fn say(req: &Value, prompt: &str, ctx: &Ctx, max: Option<u64>) -> Said {
     if ctx.faults.blank {
-        return Said::Text { text: String::new(), truncated: false };
+        return Said::Text {
+            text: String::new(),
+            truncated: false,
+        };
     }
     if wants_weather_tool(req, prompt) {
-        return Said::Tool { name: weather_tool_name(req), args: weather_args(prompt).to_string() };
+        return Said::Tool {
+            name: weather_tool_name(req),
+            args: weather_args(prompt).to_string(),
+        };
     }
     let (text, truncated) = truncate_to_tokens(&answer_for(prompt), max);
     Said::Text { text, truncated }
@@ -137,7 +149,12 @@ pub(crate) fn chat(req: &Value, ctx: &Ctx) -> Result<Reply, String> {
     let model = resolve_model(req.get("model").and_then(Value::as_str));
     let prompt = last_user_text(req.get("messages"));
     let prompt_tokens = messages_tokens(req.get("messages")) + tools_tokens(req);
-    let said = say(req, &prompt, ctx, max_tokens(req, &["max_completion_tokens", "max_tokens"]));
+    let said = say(
+        req,
+        &prompt,
+        ctx,
+        max_tokens(req, &["max_completion_tokens", "max_tokens"]),
+    );
     let reasoning = reasoning_tokens(&model, ctx.seed);
     let usage = chat_usage(prompt_tokens, said.output_tokens() + reasoning, reasoning);
     let id = format!("chatcmpl-{}", alnum_id(ctx.seed, 29));
@@ -145,7 +162,9 @@ pub(crate) fn chat(req: &Value, ctx: &Ctx) -> Result<Reply, String> {
     let fp = fingerprint(ctx.seed);
     let call_id = format!("call_{}", alnum_id(ctx.seed ^ 0x00ca_11, 24));
     let finish = match &said {
-        Said::Text { truncated: true, .. } => "length",
+        Said::Text {
+            truncated: true, ..
+        } => "length",
         Said::Text { .. } => "stop",
         Said::Tool { .. } => "tool_calls",
     };
@@ -199,10 +218,16 @@ pub(crate) fn chat(req: &Value, ctx: &Ctx) -> Result<Reply, String> {
         Said::Text { text, .. } => {
             events.push(SseEvent::data(
                 Phase::Pre,
-                &chunk(json!({"role": "assistant", "content": "", "refusal": null}), Value::Null),
+                &chunk(
+                    json!({"role": "assistant", "content": "", "refusal": null}),
+                    Value::Null,
+                ),
             ));
             for piece in chunk_words(text, ctx.seed) {
-                events.push(SseEvent::data(Phase::Content, &chunk(json!({"content": piece}), Value::Null)));
+                events.push(SseEvent::data(
+                    Phase::Content,
+                    &chunk(json!({"content": piece}), Value::Null),
+                ));
             }
         }
         Said::Tool { name, args, .. } => {
@@ -219,7 +244,10 @@ pub(crate) fn chat(req: &Value, ctx: &Ctx) -> Result<Reply, String> {
             }
         }
     }
-    events.push(SseEvent::data(Phase::Post, &chunk(json!({}), json!(finish))));
+    events.push(SseEvent::data(
+        Phase::Post,
+        &chunk(json!({}), json!(finish)),
+    ));
     if with_usage {
         let mut v = chunk(Value::Null, Value::Null);
         v["choices"] = json!([]);
@@ -234,9 +262,11 @@ pub(crate) fn chat(req: &Value, ctx: &Ctx) -> Result<Reply, String> {
 pub(crate) fn completions(req: &Value, ctx: &Ctx) -> Result<Reply, String> {
     let prompt = match req.get("prompt") {
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(items)) => {
-            items.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("\n")
-        }
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join("\n"),
         Some(Value::Null) | None => "<|endoftext|>".to_string(),
         Some(other) => other.to_string(),
     };
@@ -273,7 +303,8 @@ pub(crate) fn completions(req: &Value, ctx: &Ctx) -> Result<Reply, String> {
         })
     };
     if !is_stream(req) {
-        let mut v = obj(json!([{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]));
+        let mut v =
+            obj(json!([{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]));
         if !ctx.faults.no_usage {
             v["usage"] = usage;
         }
@@ -281,7 +312,8 @@ pub(crate) fn completions(req: &Value, ctx: &Ctx) -> Result<Reply, String> {
     }
     let with_usage = include_usage(req, ctx);
     let chunk = |text: &str, finish: Value| {
-        let mut v = obj(json!([{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]));
+        let mut v =
+            obj(json!([{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]));
         if with_usage {
             v["usage"] = Value::Null;
         }
@@ -316,7 +348,11 @@ pub(crate) fn embeddings(req: &Value, ctx: &Ctx) -> Result<Reply, String> {
         }
         Some(Value::Array(items)) if !items.is_empty() => items
             .iter()
-            .map(|i| i.as_str().map(str::to_string).unwrap_or_else(|| i.to_string()))
+            .map(|i| {
+                i.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| i.to_string())
+            })
             .collect(),
         _ => return Err("'input' is a required property".to_string()),
     };
@@ -360,12 +396,13 @@ pub(crate) fn responses(req: &Value, ctx: &Ctx) -> Result<Reply, String> {
     let instructions = req.get("instructions").cloned().unwrap_or(Value::Null);
     let (prompt, input_tokens) = match req.get("input") {
         Some(Value::String(s)) => (s.clone(), estimate_tokens(s) + 7),
-        Some(items @ Value::Array(_)) => (last_user_text(Some(items)), messages_tokens(Some(items))),
+        Some(items @ Value::Array(_)) => {
+            (last_user_text(Some(items)), messages_tokens(Some(items)))
+        }
         _ => (String::new(), 3),
     };
-    let input_tokens = input_tokens
-        + estimate_tokens(&content_text(&instructions))
-        + tools_tokens(req);
+    let input_tokens =
+        input_tokens + estimate_tokens(&content_text(&instructions)) + tools_tokens(req);
     let max = max_tokens(req, &["max_output_tokens"]);
     let said = say(req, &prompt, ctx, max);
     let reasoning = reasoning_tokens(&model, ctx.seed);
@@ -383,7 +420,13 @@ pub(crate) fn responses(req: &Value, ctx: &Ctx) -> Result<Reply, String> {
         Said::Tool { .. } => format!("fc_{}", hex_id(ctx.seed ^ 0x0000_0a5e, 48)),
     };
     let call_id = format!("call_{}", alnum_id(ctx.seed ^ 0x00ca_11, 24));
-    let truncated = matches!(said, Said::Text { truncated: true, .. });
+    let truncated = matches!(
+        said,
+        Said::Text {
+            truncated: true,
+            ..
+        }
+    );
     let final_status = if truncated { "incomplete" } else { "completed" };
 
     let item = |status: &str, full: bool| match &said {
@@ -444,14 +487,24 @@ pub(crate) fn responses(req: &Value, ctx: &Ctx) -> Result<Reply, String> {
     let mut seq = 0u64;
     let mut events = Vec::new();
     let mut push = |phase: Phase, mut v: Value| {
-        let name = v.get("type").and_then(Value::as_str).unwrap_or("unknown").to_string();
+        let name = v
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown")
+            .to_string();
         v["sequence_number"] = json!(seq);
         seq += 1;
         events.push(SseEvent::named(phase, &name, &v));
     };
     let pending = response("in_progress", json!([]), None);
-    push(Phase::Pre, json!({"type": "response.created", "response": pending}));
-    push(Phase::Pre, json!({"type": "response.in_progress", "response": pending}));
+    push(
+        Phase::Pre,
+        json!({"type": "response.created", "response": pending}),
+    );
+    push(
+        Phase::Pre,
+        json!({"type": "response.in_progress", "response": pending}),
+    );
     push(
         Phase::Pre,
         json!({"type": "response.output_item.added", "output_index": 0, "item": item("in_progress", false)}),
@@ -530,7 +583,14 @@ pub(crate) fn responses(req: &Value, ctx: &Ctx) -> Result<Reply, String> {
         Phase::Post,
         json!({"type": "response.output_item.done", "output_index": 0, "item": final_item}),
     );
-    let done_type = if truncated { "response.incomplete" } else { "response.completed" };
-    push(Phase::Post, json!({"type": done_type, "response": final_response}));
+    let done_type = if truncated {
+        "response.incomplete"
+    } else {
+        "response.completed"
+    };
+    push(
+        Phase::Post,
+        json!({"type": done_type, "response": final_response}),
+    );
     Ok(Reply::Stream(events))
 }

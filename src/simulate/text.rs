@@ -309,7 +309,11 @@ mod tests {
     fn paragraphs_fit_a_200_token_budget() {
         assert!(PARAGRAPHS.len() >= 30);
         for p in PARAGRAPHS {
-            assert!(estimate_tokens(p) <= 200, "{} tokens: {p}", estimate_tokens(p));
+            assert!(
+                estimate_tokens(p) <= 200,
+                "{} tokens: {p}",
+                estimate_tokens(p)
+            );
         }
     }
 
@@ -343,7 +347,10 @@ mod tests {
 
     #[test]
     fn weather_location_is_found() {
-        assert_eq!(weather_location("What's the weather in New York City today?"), "New York City");
+        assert_eq!(
+            weather_location("What's the weather in New York City today?"),
+            "New York City"
+        );
         assert_eq!(weather_location("weather please"), "San Francisco");
     }
 }

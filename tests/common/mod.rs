@@ -75,11 +75,13 @@ pub fn h2c_client() -> HttpClient {
 }
 
 pub fn post_json(url: &str, body: &serde_json::Value) -> http::Request<Full<Bytes>> {
-    http::Request::post(url)
+    let mut b = http::Request::post(url)
         .header("content-type", "application/json")
-        .header("authorization", "Bearer sk-test-0000")
-        .header("anthropic-version", "2023-06-01")
-        .body(Full::new(Bytes::from(serde_json::to_vec(body).expect("json"))))
+        .header("authorization", "Bearer sk-test-0000");
+    if url.contains("/messages") {
+        b = b.header("anthropic-version", "2023-06-01");
+    }
+    b.body(Full::new(Bytes::from(serde_json::to_vec(body).expect("json"))))
         .expect("request")
 }
 

@@ -1,0 +1,144 @@
+//! Fixed-rate load generator for the tap benchmarks (BENCHMARKS.md).
+//!
+//! Open loop: request `i` is due at `start + i / rate`; latency is measured from when it was
+//! due, not from when it was sent, so a stall shows up in the tail instead of hiding
+//! (coordinated omission). Each of `--connections` workers keeps one HTTP/1.1 connection.
+//!
+//! cargo run --release --example loadgen -- --url http://127.0.0.1:8080/v1/chat/completions \
+//!     --rate 5000 --duration 10 --connections 64 --body bench/chat_request.json
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+
+struct Args {
+    url: http::Uri,
+    rate: f64,
+    duration: Duration,
+    connections: usize,
+    body: Bytes,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut url = None;
+    let mut rate = 1000.0;
+    let mut duration = 10.0;
+    let mut connections = 64;
+    let mut body = Bytes::new();
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let v = it.next().ok_or(format!("{a} needs a value"))?;
+        match a.as_str() {
+            "--url" => url = Some(v.parse::<http::Uri>().map_err(|e| e.to_string())?),
+            "--rate" => rate = v.parse().map_err(|_| "bad --rate")?,
+            "--duration" => duration = v.parse().map_err(|_| "bad --duration")?,
+            "--connections" => connections = v.parse().map_err(|_| "bad --connections")?,
+            "--body" => body = Bytes::from(std::fs::read(&v).map_err(|e| format!("{v}: {e}"))?),
+            _ => return Err(format!("unknown flag {a}")),
+        }
+    }
+    Ok(Args {
+        url: url.ok_or("--url is required")?,
+        rate,
+        duration: Duration::from_secs_f64(duration),
+        connections,
+        body,
+    })
+}
+
+#[tokio::main]
+async fn main() {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            std::process::exit(2);
+        }
+    };
+    let total = (args.rate * args.duration.as_secs_f64()) as u64;
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let hist = Arc::new(Mutex::new(
+        hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+    ));
+    let start = Instant::now() + Duration::from_millis(200);
+    let mut workers = Vec::new();
+    for _ in 0..args.connections {
+        let (next, errors, hist) = (next.clone(), errors.clone(), hist.clone());
+        let url = args.url.clone();
+        let body = args.body.clone();
+        let rate = args.rate;
+        workers.push(tokio::spawn(async move {
+            let host = url.authority().map(|a| a.to_string()).unwrap_or_default();
+            let mut local = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+            let mut sender = None;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let due = start + Duration::from_secs_f64(i as f64 / rate);
+                tokio::time::sleep_until(due.into()).await;
+                if sender.is_none() {
+                    let Ok(stream) = tokio::net::TcpStream::connect(&host).await else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let Ok((s, conn)) = http1::handshake(TokioIo::new(stream)).await else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    tokio::spawn(conn);
+                    sender = Some(s);
+                }
+                let Some(s) = sender.as_mut() else { continue };
+                let method = if body.is_empty() { http::Method::GET } else { http::Method::POST };
+                let req = http::Request::builder()
+                    .method(method)
+                    .uri(url.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+                    .header("host", &host)
+                    .header("content-type", "application/json")
+                    .header("authorization", "Bearer sk-bench")
+                    .body(Full::new(body.clone()))
+                    .expect("request");
+                let ok = match s.send_request(req).await {
+                    Ok(resp) => {
+                        let good = resp.status().is_success();
+                        good && resp.into_body().collect().await.is_ok()
+                    }
+                    Err(_) => false,
+                };
+                if ok {
+                    let _ = local.record(due.elapsed().as_micros().max(1) as u64);
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    sender = None;
+                }
+            }
+            let _ = hist.lock().add(&local);
+        }));
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let h = hist.lock();
+    let q = |p: f64| h.value_at_quantile(p) as f64;
+    println!(
+        "{}",
+        serde_json::json!({
+            "requests": h.len(),
+            "errors": errors.load(Ordering::Relaxed),
+            "offered_rps": args.rate,
+            "achieved_rps": h.len() as f64 / elapsed,
+            "p50_us": q(0.5), "p90_us": q(0.9), "p99_us": q(0.99), "p999_us": q(0.999), "max_us": h.max(),
+        })
+    );
+}

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Load benchmark of the tap (BENCHMARKS.md): nginx serves a fixed 1 KB chat completion and a
+# fixed SSE stream; wrk saturates (64 connections) direct, through semtap and through an nginx
+# proxy_pass, then examples/loadgen offers half of nginx's saturated rate to each for latency.
+# All side by side in one run, so ratios are comparable on a noisy machine.
+#
+#   ./scripts/bench_tap.sh [seconds-per-run]      (default 10)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS="${1:-10}"
+if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq nginx wrk >/dev/null
+fi
+cargo build --release --quiet --bin semtap --example loadgen
+TARGET="${CARGO_TARGET_DIR:-target}"
+WORK="$(mktemp -d)"
+trap 'kill $(cat "$WORK"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+python3 - "$WORK" <<'PY'
+import json, sys
+work = sys.argv[1]
+text = ("Tides are caused mainly by the Moon's gravity pulling on the oceans, with the Sun adding a "
+        "smaller pull; when they line up we get spring tides, and at right angles, neap tides. ") * 3
+chat = {"id": "chatcmpl-bench", "object": "chat.completion", "created": 1700000000, "model": "gpt-4o-mini-2024-07-18",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text[:700]}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 20, "completion_tokens": 150, "total_tokens": 170}}
+open(f"{work}/chat.json", "w").write(json.dumps(chat))
+events = []
+for i, word in enumerate(text[:700].split(" ")):
+    events.append("data: " + json.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000,
+        "model": "gpt-4o-mini-2024-07-18", "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]}) + "\n\n")
+events.append("data: " + json.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000,
+    "model": "gpt-4o-mini-2024-07-18", "choices": [], "usage": {"prompt_tokens": 20, "completion_tokens": 150, "total_tokens": 170}}) + "\n\n")
+events.append("data: [DONE]\n\n")
+open(f"{work}/stream.sse", "w").write("".join(events))
+open(f"{work}/req.json", "w").write(json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "How do tides work?"}]}))
+open(f"{work}/req_stream.json", "w").write(json.dumps({"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "How do tides work?"}]}))
+PY
+mkdir -p "$WORK/www/v1/chat" "$WORK/www/v1/stream/chat"
+cp "$WORK/chat.json" "$WORK/www/v1/chat/completions"
+cp "$WORK/stream.sse" "$WORK/www/v1/stream/chat/completions"
+
+cat > "$WORK/nginx.conf" <<NGX
+worker_processes 1;
+pid $WORK/nginx.pid;
+error_log $WORK/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  types { }
+  upstream origin { server 127.0.0.1:18001; keepalive 128; }
+  server {
+    listen 127.0.0.1:18001;
+    root $WORK/www;
+    location /v1/chat/ { default_type application/json; error_page 405 =200 \$uri; }
+    location /v1/stream/ { default_type text/event-stream; error_page 405 =200 \$uri; }
+  }
+  server {
+    listen 127.0.0.1:18002;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+NGX
+nginx -c "$WORK/nginx.conf"
+RUST_LOG=warn "$TARGET/release/semtap" run --listen 127.0.0.1:18003 --upstream http://127.0.0.1:18001 --admin 127.0.0.1:18004 >"$WORK/semtap.log" 2>&1 &
+echo $! > "$WORK/semtap.pid"
+sleep 1
+
+cat > "$WORK/post.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer sk-bench"
+local f = io.open(os.getenv("BODY"), "r"); wrk.body = f:read("*a"); f:close()
+LUA
+
+rps() { BODY="$2" wrk -t2 -c64 -d"${SECS}s" -s "$WORK/post.lua" "$1" | awk '/Requests\/sec/ {print $2}'; }
+
+declare -A URL=([direct]=18001 [semtap]=18003 [nginx]=18002)
+echo "| path | body | direct rps | semtap rps | nginx proxy_pass rps | semtap/nginx |"
+echo "|---|---|---|---|---|---|"
+declare -A SAT
+for kind in chat stream; do
+  if [ $kind = chat ]; then p=/v1/chat/completions; b="$WORK/req.json"; else p=/v1/stream/chat/completions; b="$WORK/req_stream.json"; fi
+  for who in direct semtap nginx; do SAT[$kind.$who]=$(rps "http://127.0.0.1:${URL[$who]}$p" "$b"); done
+  ratio=$(python3 -c "print(f'{${SAT[$kind.semtap]}/${SAT[$kind.nginx]}:.2f}')")
+  echo "| $p | $kind | ${SAT[$kind.direct]} | ${SAT[$kind.semtap]} | ${SAT[$kind.nginx]} | $ratio |"
+done
+echo
+echo "| path | offered rps | target | achieved rps | p50 µs | p99 µs | p99.9 µs | errors |"
+echo "|---|---|---|---|---|---|---|---|"
+for kind in chat stream; do
+  if [ $kind = chat ]; then p=/v1/chat/completions; b="$WORK/req.json"; else p=/v1/stream/chat/completions; b="$WORK/req_stream.json"; fi
+  rate=$(python3 -c "print(int(${SAT[$kind.nginx]}/2))")
+  for who in direct semtap nginx; do
+    out=$("$TARGET/release/examples/loadgen" --url "http://127.0.0.1:${URL[$who]}$p" --rate "$rate" --duration "$SECS" --connections 64 --body "$b")
+    python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(f\"| $p | $rate | $who | {d['achieved_rps']:.0f} | {d['p50_us']:.0f} | {d['p99_us']:.0f} | {d['p999_us']:.0f} | {d['errors']} |\")" "$out"
+  done
+done
+echo
+echo "semtap peak RSS: $(awk '/VmHWM/ {print $2, $3}' /proc/$(cat "$WORK/semtap.pid")/status)"
+curl -s 127.0.0.1:18004/metrics | grep -E '^semtap_records_dropped_total|^semtap_requests_total' | head -5 || true
