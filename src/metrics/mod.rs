@@ -1,7 +1,7 @@
 //! Metrics: GenAI client semantic-convention metrics from exchange records, plain-traffic and
 //! pipeline counters, rendered as Prometheus text or as a neutral snapshot for exporters.
 //!
-//! Hot-path recording never takes a lock shared between threads (see [`hist`]'s module docs);
+//! Hot-path recording never takes a lock shared between threads (see `hist.rs` for why);
 //! label lookups for per-exchange metrics take a read lock and are done once per exchange.
 //!
 //! Cardinality is bounded: label values come from small closed sets or are capped
@@ -45,20 +45,8 @@ pub const DURATION_BUCKETS: &[f64] = &[
 ];
 /// Spec-advised buckets for GenAI token counts.
 pub const TOKEN_BUCKETS: &[f64] = &[
-    1.0,
-    4.0,
-    16.0,
-    64.0,
-    256.0,
-    1024.0,
-    4096.0,
-    16384.0,
-    65536.0,
-    262144.0,
-    1048576.0,
-    4194304.0,
-    16777216.0,
-    67108864.0,
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+    16777216.0, 67108864.0,
 ];
 /// Request durations as plain HTTP (seconds): the HTTP semantic-convention buckets up to 10 s,
 /// extended to 5 minutes because LLM calls through the same listener run that long.
@@ -108,7 +96,11 @@ pub struct MetricDesc {
 
 impl MetricDesc {
     /// A counter descriptor.
-    pub const fn counter(name: &'static str, unit: &'static str, description: &'static str) -> Self {
+    pub const fn counter(
+        name: &'static str,
+        unit: &'static str,
+        description: &'static str,
+    ) -> Self {
         MetricDesc {
             name,
             unit,
@@ -338,11 +330,8 @@ pub mod desc {
         "Exchange records dropped before analysis, by reason.",
     );
     /// Body bytes captured for analysis.
-    pub const CAPTURED_BYTES: MetricDesc = MetricDesc::counter(
-        "semtap.captured",
-        "By",
-        "Body bytes captured for analysis.",
-    );
+    pub const CAPTURED_BYTES: MetricDesc =
+        MetricDesc::counter("semtap.captured", "By", "Body bytes captured for analysis.");
     /// Requests currently in flight.
     pub const IN_FLIGHT: MetricDesc = MetricDesc::gauge(
         "semtap.requests.in_flight",
@@ -360,6 +349,18 @@ pub mod desc {
         "semtap.upstream_errors",
         "{error}",
         "Upstream failures, by kind (connect, tls, timeout, reset, ...).",
+    );
+    /// Requests refused before forwarding (label `reason`, e.g. `max_in_flight`).
+    pub const REJECTED: MetricDesc = MetricDesc::counter(
+        "semtap.rejected",
+        "{request}",
+        "Requests semtap refused before forwarding, by reason.",
+    );
+    /// Failures accepting client connections.
+    pub const ACCEPT_ERRORS: MetricDesc = MetricDesc::counter(
+        "semtap.accept_errors",
+        "{error}",
+        "Errors accepting client connections on a listener.",
     );
     /// WebSocket upgrades passed through.
     pub const WEBSOCKET_UPGRADES: MetricDesc = MetricDesc::counter(
@@ -402,6 +403,8 @@ pub const KNOWN: &[MetricDesc] = &[
     desc::IN_FLIGHT,
     desc::ANALYSIS_QUEUE_DEPTH,
     desc::UPSTREAM_ERRORS,
+    desc::REJECTED,
+    desc::ACCEPT_ERRORS,
     desc::WEBSOCKET_UPGRADES,
 ];
 
@@ -466,7 +469,10 @@ impl MetricsOptions {
 /// Whether an `OTEL_SEMCONV_STABILITY_OPT_IN` value (comma-separated) opts into the latest
 /// experimental GenAI conventions.
 pub fn wants_latest_semconv(opt_in: Option<&str>) -> bool {
-    opt_in.is_some_and(|v| v.split(',').any(|t| t.trim() == "gen_ai_latest_experimental"))
+    opt_in.is_some_and(|v| {
+        v.split(',')
+            .any(|t| t.trim() == "gen_ai_latest_experimental")
+    })
 }
 
 /// A point-in-time copy of one metric family, independent of any export format.
@@ -527,7 +533,11 @@ impl HistogramPoint {
     pub fn bucket_counts(&self) -> Vec<u64> {
         let mut out = Vec::with_capacity(self.cumulative_counts.len() + 1);
         let mut prev = 0;
-        for &c in self.cumulative_counts.iter().chain(std::iter::once(&self.count)) {
+        for &c in self
+            .cumulative_counts
+            .iter()
+            .chain(std::iter::once(&self.count))
+        {
             out.push(c.saturating_sub(prev));
             prev = c.max(prev);
         }
@@ -782,7 +792,10 @@ impl Metrics {
 
     fn handle(&self, name: &str, labels: &[(&str, &str)], want: Want) -> Option<SeriesHandle> {
         let Some(fam) = self.family(name, want.kind()) else {
-            tracing::warn!(metric = name, "metric already registered with another kind; not exported");
+            tracing::warn!(
+                metric = name,
+                "metric already registered with another kind; not exported"
+            );
             return None;
         };
         let mut flat: Vec<&str> = Vec::with_capacity(labels.len() * 2);
@@ -792,18 +805,12 @@ impl Metrics {
                 flat.push(v);
             }
         }
-        let h = fam.series.get_or_insert_with(&flat, || match want {
+        // The family's kind matches `want`, so the series' handle has the wanted type.
+        Some(fam.series.get_or_insert_with(&flat, || match want {
             Want::Counter => SeriesHandle::Counter(Counter::new()),
             Want::Gauge => SeriesHandle::Gauge(Gauge::new()),
             Want::Histogram => SeriesHandle::Histogram(Histogram::new(fam.spec)),
-        });
-        let matches = matches!(
-            (&h, want),
-            (SeriesHandle::Counter(_), Want::Counter)
-                | (SeriesHandle::Gauge(_), Want::Gauge)
-                | (SeriesHandle::Histogram(_), Want::Histogram)
-        );
-        matches.then_some(h)
+        }))
     }
 
     /// Records the metrics of one recognised LLM exchange.
@@ -815,13 +822,7 @@ impl Metrics {
         };
         let req = rec.request_model.as_deref().unwrap_or("");
         let resp = rec.response_model.as_deref().unwrap_or("");
-        let base = [
-            rec.listener.as_str(),
-            op,
-            rec.provider.as_str(),
-            req,
-            resp,
-        ];
+        let base = [rec.listener.as_str(), op, rec.provider.as_str(), req, resp];
         let err = error_type(rec);
         let outcome = [
             base[0],
@@ -837,7 +838,10 @@ impl Metrics {
             o.duration.record(rec.duration_ms / 1e3);
             o.exchanges.inc();
         };
-        let outcome_hit = self.outcomes.with(&outcome, |o| record_outcome(o)).is_some();
+        let outcome_hit = self
+            .outcomes
+            .with(&outcome, |o| record_outcome(o))
+            .is_some();
         let genai_hit = self.genai.with(&base, |s| record_genai(s, rec)).is_some();
         if !(outcome_hit && genai_hit) {
             // Cap once per exchange so an overflowing value is counted once.
@@ -853,12 +857,20 @@ impl Metrics {
         if let Some(rl) = rec.rate_limit.as_ref() {
             let key = [base[2], req];
             if let Some(v) = rl.remaining_requests {
-                self.rate_limit_gauge(&self.rate_limit_requests, &desc::RATE_LIMIT_REMAINING_REQUESTS, &key)
-                    .set(v as f64);
+                self.rate_limit_gauge(
+                    &self.rate_limit_requests,
+                    &desc::RATE_LIMIT_REMAINING_REQUESTS,
+                    &key,
+                )
+                .set(v as f64);
             }
             if let Some(v) = rl.remaining_tokens {
-                self.rate_limit_gauge(&self.rate_limit_tokens, &desc::RATE_LIMIT_REMAINING_TOKENS, &key)
-                    .set(v as f64);
+                self.rate_limit_gauge(
+                    &self.rate_limit_tokens,
+                    &desc::RATE_LIMIT_REMAINING_TOKENS,
+                    &key,
+                )
+                .set(v as f64);
             }
         }
     }
@@ -874,7 +886,13 @@ impl Metrics {
         status: u16,
         outcome: &str,
     ) {
-        let raw = [listener, provider, api_operation, status_class(status), outcome];
+        let raw = [
+            listener,
+            provider,
+            api_operation,
+            status_class(status),
+            outcome,
+        ];
         if self.requests.with(&raw, Counter::inc).is_some() {
             return;
         }
@@ -1069,8 +1087,14 @@ impl Metrics {
 
     /// Per-listener request counts and p50/p99 of exchange duration and TTFT, by listener name.
     pub fn summary(&self) -> Vec<ListenerSummary> {
-        let mut by: BTreeMap<String, (ListenerSummary, Option<HistogramSnapshot>, Option<HistogramSnapshot>)> =
-            BTreeMap::new();
+        let mut by: BTreeMap<
+            String,
+            (
+                ListenerSummary,
+                Option<HistogramSnapshot>,
+                Option<HistogramSnapshot>,
+            ),
+        > = BTreeMap::new();
         let entries = |name: &str| -> Vec<(Vec<String>, SeriesHandle)> {
             self.families
                 .read()
@@ -1093,7 +1117,9 @@ impl Metrics {
             let mut hists = Vec::new();
             for name in names {
                 for (flat, h) in entries(name) {
-                    if let (Some(l), SeriesHandle::Histogram(h)) = (label_value(&flat, label::LISTENER), h) {
+                    if let (Some(l), SeriesHandle::Histogram(h)) =
+                        (label_value(&flat, label::LISTENER), h)
+                    {
                         listeners.push(l.to_string());
                         hists.push(h);
                     }

@@ -118,7 +118,11 @@ const CHAT_LABELS: [(&str, &str); 5] = [
 ];
 
 fn with<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
-    CHAT_LABELS.iter().copied().chain(extra.iter().copied()).collect()
+    CHAT_LABELS
+        .iter()
+        .copied()
+        .chain(extra.iter().copied())
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -145,7 +149,11 @@ fn values_recorded_from_two_threads_merge_exactly() {
     let expected: f64 = (0..2u64)
         .flat_map(|t| (0..n).map(move |i| ((i % 1000) + 1 + t * 1000) as f64 / 1000.0))
         .sum();
-    assert!((snap.sum() - expected).abs() < 1e-6 * expected, "{} vs {expected}", snap.sum());
+    assert!(
+        (snap.sum() - expected).abs() < 1e-6 * expected,
+        "{} vs {expected}",
+        snap.sum()
+    );
     assert_eq!(snap.min(), Some(0.001));
     assert_eq!(snap.max(), Some(2.0));
     assert_eq!(snap.cumulative_count_le(f64::INFINITY), 2 * n);
@@ -201,7 +209,12 @@ fn quantiles_are_close_and_within_min_max() {
     assert!((p99 - 0.99).abs() / 0.99 < 0.01, "p99 {p99}");
     assert_eq!(snap.quantile(1.0), Some(1.0));
     assert_eq!(snap.quantile(0.0), Some(0.001));
-    assert_eq!(Histogram::new(HistogramSpec::SECONDS).snapshot().quantile(0.5), None);
+    assert_eq!(
+        Histogram::new(HistogramSpec::SECONDS)
+            .snapshot()
+            .quantile(0.5),
+        None
+    );
 }
 
 #[test]
@@ -262,6 +275,15 @@ fn record_all_equals_many_records() {
 }
 
 #[test]
+fn handles_and_registry_can_be_shared_across_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Metrics>();
+    send_sync::<Histogram>();
+    send_sync::<Counter>();
+    send_sync::<Gauge>();
+}
+
+#[test]
 fn counters_and_gauges_count() {
     let c = Counter::new();
     c.inc();
@@ -305,15 +327,31 @@ fn exchange_record_shows_up_under_expected_names_and_labels() {
     assert!((d.sum - 1.5).abs() < 1e-12);
     assert_eq!(d.boundaries, DURATION_BUCKETS);
 
-    let input = hist_point(&snap, "gen_ai.client.token.usage", &with(&[("gen_ai.token.type", "input")]));
+    let input = hist_point(
+        &snap,
+        "gen_ai.client.token.usage",
+        &with(&[("gen_ai.token.type", "input")]),
+    );
     assert_eq!((input.count, input.sum), (1, 12.0));
-    let output = hist_point(&snap, "gen_ai.client.token.usage", &with(&[("gen_ai.token.type", "output")]));
+    let output = hist_point(
+        &snap,
+        "gen_ai.client.token.usage",
+        &with(&[("gen_ai.token.type", "output")]),
+    );
     assert_eq!((output.count, output.sum), (1, 40.0));
     assert_eq!(output.boundaries, TOKEN_BUCKETS);
 
-    let ttfc = hist_point(&snap, "gen_ai.client.operation.time_to_first_chunk", &CHAT_LABELS);
+    let ttfc = hist_point(
+        &snap,
+        "gen_ai.client.operation.time_to_first_chunk",
+        &CHAT_LABELS,
+    );
     assert!((ttfc.sum - 0.3).abs() < 1e-12);
-    let tpoc = hist_point(&snap, "gen_ai.client.operation.time_per_output_chunk", &CHAT_LABELS);
+    let tpoc = hist_point(
+        &snap,
+        "gen_ai.client.operation.time_per_output_chunk",
+        &CHAT_LABELS,
+    );
     assert_eq!(tpoc.count, 3);
     assert!((tpoc.sum - 0.075).abs() < 1e-9);
     let ttft = hist_point(&snap, "semtap.time_to_first_token", &CHAT_LABELS);
@@ -327,9 +365,15 @@ fn exchange_record_shows_up_under_expected_names_and_labels() {
         counter_value(&snap, "semtap.exchanges", &with(&[("status_class", "2xx")])),
         1
     );
-    assert_eq!(counter_value(&snap, "semtap.parse_anomalies", &CHAT_LABELS), 0);
+    assert_eq!(
+        counter_value(&snap, "semtap.parse_anomalies", &CHAT_LABELS),
+        0
+    );
 
-    let rl = [("gen_ai.provider.name", "openai"), ("gen_ai.request.model", "gpt-4o")];
+    let rl = [
+        ("gen_ai.provider.name", "openai"),
+        ("gen_ai.request.model", "gpt-4o"),
+    ];
     assert_eq!(
         series(&snap, "semtap.rate_limit.remaining_requests", &rl),
         Some(&SeriesValue::Gauge(99.0))
@@ -380,13 +424,36 @@ fn failed_exchange_carries_error_type_and_status_class() {
 
     let snap = m.snapshot();
     let err = |e| with(&[("error.type", e)]);
-    assert_eq!(hist_point(&snap, "gen_ai.client.operation.duration", &err("rate_limit_exceeded")).count, 1);
-    assert_eq!(hist_point(&snap, "gen_ai.client.operation.duration", &err("503")).count, 1);
-    assert_eq!(hist_point(&snap, "gen_ai.client.operation.duration", &err("timeout")).count, 1);
+    assert_eq!(
+        hist_point(
+            &snap,
+            "gen_ai.client.operation.duration",
+            &err("rate_limit_exceeded")
+        )
+        .count,
+        1
+    );
+    assert_eq!(
+        hist_point(&snap, "gen_ai.client.operation.duration", &err("503")).count,
+        1
+    );
+    assert_eq!(
+        hist_point(&snap, "gen_ai.client.operation.duration", &err("timeout")).count,
+        1
+    );
     let ex = |class, e| with(&[("status_class", class), ("error.type", e)]);
-    assert_eq!(counter_value(&snap, "semtap.exchanges", &ex("4xx", "rate_limit_exceeded")), 1);
-    assert_eq!(counter_value(&snap, "semtap.exchanges", &ex("5xx", "503")), 1);
-    assert_eq!(counter_value(&snap, "semtap.exchanges", &ex("none", "timeout")), 1);
+    assert_eq!(
+        counter_value(&snap, "semtap.exchanges", &ex("4xx", "rate_limit_exceeded")),
+        1
+    );
+    assert_eq!(
+        counter_value(&snap, "semtap.exchanges", &ex("5xx", "503")),
+        1
+    );
+    assert_eq!(
+        counter_value(&snap, "semtap.exchanges", &ex("none", "timeout")),
+        1
+    );
 }
 
 #[test]
@@ -396,8 +463,18 @@ fn chunk_metrics_are_recorded_for_streams_only() {
     rec.stream = false;
     m.record_exchange(&rec);
     let snap = m.snapshot();
-    assert!(series(&snap, "gen_ai.client.operation.time_to_first_chunk", &CHAT_LABELS).is_none());
-    assert!(series(&snap, "gen_ai.client.operation.time_per_output_chunk", &CHAT_LABELS).is_none());
+    assert!(series(
+        &snap,
+        "gen_ai.client.operation.time_to_first_chunk",
+        &CHAT_LABELS
+    )
+    .is_none());
+    assert!(series(
+        &snap,
+        "gen_ai.client.operation.time_per_output_chunk",
+        &CHAT_LABELS
+    )
+    .is_none());
     // Non-streamed: tokens over the whole duration.
     let tps = hist_point(&snap, "semtap.output_tokens_per_second", &CHAT_LABELS);
     assert!((tps.sum - 40.0 / 1.5).abs() < 1e-9);
@@ -413,9 +490,18 @@ fn anomaly_truncation_and_estimation_are_counted() {
     m.record_exchange(&rec);
     m.record_exchange(&rec);
     let snap = m.snapshot();
-    assert_eq!(counter_value(&snap, "semtap.parse_anomalies", &CHAT_LABELS), 2);
-    assert_eq!(counter_value(&snap, "semtap.capture_truncated", &CHAT_LABELS), 2);
-    assert_eq!(counter_value(&snap, "semtap.usage_estimated", &CHAT_LABELS), 2);
+    assert_eq!(
+        counter_value(&snap, "semtap.parse_anomalies", &CHAT_LABELS),
+        2
+    );
+    assert_eq!(
+        counter_value(&snap, "semtap.capture_truncated", &CHAT_LABELS),
+        2
+    );
+    assert_eq!(
+        counter_value(&snap, "semtap.usage_estimated", &CHAT_LABELS),
+        2
+    );
     assert!(!m.render_prometheus().contains("SECRET-BODY"));
 }
 
@@ -446,7 +532,9 @@ fn model_labels_beyond_the_cap_become_other() {
                 .find(|(k, _)| k == "gen_ai.request.model")
                 .map(|(_, v)| v.clone())
                 .unwrap();
-            let SeriesValue::Histogram(p) = &s.value else { panic!() };
+            let SeriesValue::Histogram(p) = &s.value else {
+                panic!()
+            };
             (model, p.count)
         })
         .collect();
@@ -456,7 +544,11 @@ fn model_labels_beyond_the_cap_become_other() {
         vec![("m1".into(), 2), ("m2".into(), 1), ("other".into(), 2)]
     );
     // Every capped lookup of m3/m4 counts (one per record and label cache miss).
-    let overflow = counter_value(&snap, "semtap.label_overflow", &[("label", "gen_ai.request.model")]);
+    let overflow = counter_value(
+        &snap,
+        "semtap.label_overflow",
+        &[("label", "gen_ai.request.model")],
+    );
     assert!(overflow >= 2, "{overflow}");
     assert!(m
         .render_prometheus()
@@ -537,16 +629,41 @@ fn latest_semconv_renames_genai_metrics() {
         ("gen_ai.request.model", "gpt-4o"),
         ("gen_ai.response.model", "gpt-4o-2024-08-06"),
     ];
-    assert_eq!(hist_point(&snap, "gen_ai.client.operation.duration", &emb_labels).count, 1);
-    let modality = with(&[("gen_ai.token.modality", "unknown")]);
-    assert_eq!(counter_value(&snap, "gen_ai.client.inference.usage.input_tokens", &modality), 12);
-    assert_eq!(counter_value(&snap, "gen_ai.client.inference.usage.output_tokens", &modality), 40);
     assert_eq!(
-        counter_value(&snap, "gen_ai.client.inference.usage.cache_read.input_tokens", &modality),
+        hist_point(&snap, "gen_ai.client.operation.duration", &emb_labels).count,
+        1
+    );
+    let modality = with(&[("gen_ai.token.modality", "unknown")]);
+    assert_eq!(
+        counter_value(
+            &snap,
+            "gen_ai.client.inference.usage.input_tokens",
+            &modality
+        ),
+        12
+    );
+    assert_eq!(
+        counter_value(
+            &snap,
+            "gen_ai.client.inference.usage.output_tokens",
+            &modality
+        ),
+        40
+    );
+    assert_eq!(
+        counter_value(
+            &snap,
+            "gen_ai.client.inference.usage.cache_read.input_tokens",
+            &modality
+        ),
         4
     );
     assert_eq!(
-        counter_value(&snap, "gen_ai.client.inference.usage.reasoning.output_tokens", &modality),
+        counter_value(
+            &snap,
+            "gen_ai.client.inference.usage.reasoning.output_tokens",
+            &modality
+        ),
         7
     );
     let text = m.render_prometheus();
@@ -562,7 +679,9 @@ fn semconv_opt_in_is_read_from_a_comma_separated_list() {
     assert!(!wants_latest_semconv(Some("")));
     assert!(!wants_latest_semconv(Some("http")));
     assert!(wants_latest_semconv(Some("gen_ai_latest_experimental")));
-    assert!(wants_latest_semconv(Some("http/dup, gen_ai_latest_experimental")));
+    assert!(wants_latest_semconv(Some(
+        "http/dup, gen_ai_latest_experimental"
+    )));
     assert!(!wants_latest_semconv(Some("gen_ai_latest_experimental_x")));
 }
 
@@ -621,7 +740,10 @@ fn plain_requests_are_counted_by_status_class_and_outcome() {
             ("outcome", outcome),
         ]
     };
-    assert_eq!(counter_value(&snap, "semtap.requests", &l("2xx", "complete")), 2);
+    assert_eq!(
+        counter_value(&snap, "semtap.requests", &l("2xx", "complete")),
+        2
+    );
     assert_eq!(
         counter_value(&snap, "semtap.requests", &l("none", "upstream_unreachable")),
         1
@@ -641,7 +763,8 @@ fn named_handles_share_one_series_and_use_known_descriptors() {
     let b = m.counter("semtap.records_dropped", &[("reason", "queue_full")]);
     a.inc();
     b.add(2);
-    m.counter("semtap.records_dropped", &[("reason", "shutdown")]).inc();
+    m.counter("semtap.records_dropped", &[("reason", "shutdown")])
+        .inc();
     m.gauge("semtap.analysis.queue_depth", &[]).set(7.0);
     m.counter("semtap.captured", &[]).add(1024);
     let in_flight = m.gauge("semtap.requests.in_flight", &[("listener", "main")]);
@@ -651,8 +774,14 @@ fn named_handles_share_one_series_and_use_known_descriptors() {
     m.gauge("semtap.records_dropped", &[]).set(1.0);
 
     let snap = m.snapshot();
-    assert_eq!(counter_value(&snap, "semtap.records_dropped", &[("reason", "queue_full")]), 3);
-    assert_eq!(counter_value(&snap, "semtap.records_dropped", &[("reason", "shutdown")]), 1);
+    assert_eq!(
+        counter_value(&snap, "semtap.records_dropped", &[("reason", "queue_full")]),
+        3
+    );
+    assert_eq!(
+        counter_value(&snap, "semtap.records_dropped", &[("reason", "shutdown")]),
+        1
+    );
     let text = m.render_prometheus();
     for expected in [
         "# HELP semtap_records_dropped_total Exchange records dropped before analysis, by reason.",
@@ -697,7 +826,10 @@ fn summary_reports_requests_and_percentiles_per_listener() {
     let t50 = main.ttft_p50_s.unwrap();
     assert!((t50 - 0.05).abs() < 0.001, "{t50}");
     let side = &s[1];
-    assert_eq!((side.listener.as_str(), side.requests, side.exchanges), ("side", 1, 1));
+    assert_eq!(
+        (side.listener.as_str(), side.requests, side.exchanges),
+        ("side", 1, 1)
+    );
     assert_eq!(side.duration_p50_s, Some(1.5));
 }
 
@@ -709,11 +841,36 @@ fn summary_reports_requests_and_percentiles_per_listener() {
 fn prometheus_names_follow_otel_translation() {
     use MetricKind::*;
     let cases = [
-        ("gen_ai.client.operation.duration", "s", Histogram, "gen_ai_client_operation_duration_seconds"),
-        ("gen_ai.client.token.usage", "{token}", Histogram, "gen_ai_client_token_usage"),
-        ("semtap.requests", "{request}", Counter, "semtap_requests_total"),
-        ("semtap.captured", "By", Counter, "semtap_captured_bytes_total"),
-        ("semtap.output_tokens_per_second", "{token}/s", Histogram, "semtap_output_tokens_per_second"),
+        (
+            "gen_ai.client.operation.duration",
+            "s",
+            Histogram,
+            "gen_ai_client_operation_duration_seconds",
+        ),
+        (
+            "gen_ai.client.token.usage",
+            "{token}",
+            Histogram,
+            "gen_ai_client_token_usage",
+        ),
+        (
+            "semtap.requests",
+            "{request}",
+            Counter,
+            "semtap_requests_total",
+        ),
+        (
+            "semtap.captured",
+            "By",
+            Counter,
+            "semtap_captured_bytes_total",
+        ),
+        (
+            "semtap.output_tokens_per_second",
+            "{token}/s",
+            Histogram,
+            "semtap_output_tokens_per_second",
+        ),
         ("x.rate", "By/s", Gauge, "x_rate_bytes_per_second"),
         ("x.ratio", "1", Gauge, "x_ratio"),
         ("already_total", "", Counter, "already_total"),
@@ -728,9 +885,13 @@ fn prometheus_names_follow_otel_translation() {
 #[test]
 fn label_values_are_escaped() {
     let m = metrics();
-    m.counter("semtap.upstream_errors", &[("kind", "a\"b\\c\nd")]).inc();
+    m.counter("semtap.upstream_errors", &[("kind", "a\"b\\c\nd")])
+        .inc();
     let text = m.render_prometheus();
-    assert!(text.contains(r#"semtap_upstream_errors_total{kind="a\"b\\c\nd"} 1"#), "{text}");
+    assert!(
+        text.contains(r#"semtap_upstream_errors_total{kind="a\"b\\c\nd"} 1"#),
+        "{text}"
+    );
     check_exposition(&text).unwrap();
 }
 
@@ -753,15 +914,25 @@ fn output_order_is_deterministic() {
 #[test]
 fn exposition_checker_rejects_broken_output() {
     assert!(check_exposition("x 1\n").is_err(), "sample before TYPE");
-    assert!(check_exposition("# TYPE x counter\nx 1\n").is_err(), "counter without _total");
-    assert!(check_exposition("# TYPE x gauge\nx{a=\"1} 1\n").is_err(), "unterminated value");
+    assert!(
+        check_exposition("# TYPE x counter\nx 1\n").is_err(),
+        "counter without _total"
+    );
+    assert!(
+        check_exposition("# TYPE x gauge\nx{a=\"1} 1\n").is_err(),
+        "unterminated value"
+    );
     let bad_hist = "# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"2\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 1\nh_count 2\n";
     assert!(check_exposition(bad_hist).is_err(), "non-monotonic buckets");
-    let bad_count = "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 1\nh_count 3\n";
+    let bad_count =
+        "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 1\nh_count 3\n";
     assert!(check_exposition(bad_count).is_err(), "+Inf != _count");
     let good = "# HELP h x\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 1\nh_count 2\n";
     check_exposition(good).unwrap();
 }
+
+/// A histogram series inside the checker: family name and labels without `le`.
+type SeriesKey = (String, Vec<(String, String)>);
 
 /// A small Prometheus text-format (0.0.4) checker: TYPE precedes a family's samples, every
 /// sample is `name{labels} value`, names belong to the current family, histogram buckets are
@@ -770,9 +941,8 @@ fn check_exposition(text: &str) -> Result<(), String> {
     let mut typed: HashSet<String> = HashSet::new();
     let mut current: Option<(String, String)> = None;
     // (family, labels without le) -> (last le, last count, +Inf count)
-    let mut buckets: HashMap<(String, Vec<(String, String)>), (f64, f64, Option<f64>)> =
-        HashMap::new();
-    let mut counts: Vec<((String, Vec<(String, String)>), f64)> = Vec::new();
+    let mut buckets: HashMap<SeriesKey, (f64, f64, Option<f64>)> = HashMap::new();
+    let mut counts: Vec<(SeriesKey, f64)> = Vec::new();
     if !text.is_empty() && !text.ends_with('\n') {
         return Err("output must end with a newline".into());
     }
@@ -831,11 +1001,7 @@ fn check_exposition(text: &str) -> Result<(), String> {
                     return err("counter must be non-negative");
                 }
             }
-            "gauge" => {
-                if name != *fam {
-                    return err("gauge sample name must equal family");
-                }
-            }
+            "gauge" if name != *fam => return err("gauge sample name must equal family"),
             "histogram" => {
                 let mut rest: Vec<(String, String)> =
                     labels.iter().filter(|(k, _)| k != "le").cloned().collect();
@@ -853,16 +1019,22 @@ fn check_exposition(text: &str) -> Result<(), String> {
                             Err(_) => return err("bad le"),
                         }
                     };
-                    let e = buckets
-                        .entry(key)
-                        .or_insert((f64::NEG_INFINITY, 0.0, None));
+                    let e = buckets.entry(key).or_insert((f64::NEG_INFINITY, 0.0, None));
                     if le <= e.0 {
                         return err("le not ascending");
                     }
                     if value < e.1 {
                         return err("bucket counts not cumulative");
                     }
-                    *e = (le, value, if le == f64::INFINITY { Some(value) } else { e.2 });
+                    *e = (
+                        le,
+                        value,
+                        if le == f64::INFINITY {
+                            Some(value)
+                        } else {
+                            e.2
+                        },
+                    );
                 } else if name == format!("{fam}_count") {
                     counts.push((key, value));
                 } else if name != format!("{fam}_sum") {
@@ -899,9 +1071,7 @@ fn valid_label_name(s: &str) -> bool {
 type Sample = (String, Vec<(String, String)>, String);
 
 fn parse_sample(line: &str) -> Result<Sample, String> {
-    let name_end = line
-        .find(['{', ' '])
-        .ok_or("no value")?;
+    let name_end = line.find(['{', ' ']).ok_or("no value")?;
     let name = &line[..name_end];
     if !valid_metric_name(name) {
         return Err("bad metric name".into());
@@ -965,7 +1135,9 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
         let consumed = chars.peek().map_or(r.len(), |&(i, _)| i);
         rest = &r[consumed..];
     }
-    let value = rest.strip_prefix(' ').ok_or("expected one space before value")?;
+    let value = rest
+        .strip_prefix(' ')
+        .ok_or("expected one space before value")?;
     if value.is_empty() || value.contains(' ') {
         return Err("expected exactly a value (no timestamp)".into());
     }

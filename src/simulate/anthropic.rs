@@ -62,7 +62,7 @@ pub(crate) fn messages(req: &Value, raw_body: &[u8], ctx: &Ctx) -> Result<Reply,
     let input_tokens = total_in - cache_read;
 
     let id = format!("msg_01{}", alnum_id(ctx.seed, 22));
-    let tool_id = format!("toolu_01{}", alnum_id(ctx.seed ^ 0x00ca_11, 22));
+    let tool_id = format!("toolu_01{}", alnum_id(ctx.seed ^ 0x0000_ca11, 22));
     let max = req.get("max_tokens").and_then(Value::as_u64);
 
     // Blocks: (kind, text or tool arguments).

@@ -704,8 +704,9 @@ async fn llm(
     let faults = Faults::from_headers(&parts.headers);
     let timing = Timing::from_headers(&parts.headers);
     if faults.hang {
-        wait_shutdown(&mut shared.shutdown.clone()).await;
-        return error_response(kind, 503, None, &rid, guard);
+        // Never answers: shutdown drops the connection, and with it this future.
+        let _guard = guard;
+        match std::future::pending::<Infallible>().await {}
     }
     if let Some(status) = faults.status {
         sleep(timing.ttft).await;

@@ -160,7 +160,7 @@ pub(crate) fn chat(req: &Value, ctx: &Ctx) -> Result<Reply, String> {
     let id = format!("chatcmpl-{}", alnum_id(ctx.seed, 29));
     let created = created_at(ctx.seed);
     let fp = fingerprint(ctx.seed);
-    let call_id = format!("call_{}", alnum_id(ctx.seed ^ 0x00ca_11, 24));
+    let call_id = format!("call_{}", alnum_id(ctx.seed ^ 0x0000_ca11, 24));
     let finish = match &said {
         Said::Text {
             truncated: true, ..
@@ -419,7 +419,7 @@ pub(crate) fn responses(req: &Value, ctx: &Ctx) -> Result<Reply, String> {
         Said::Text { .. } => format!("msg_{}", hex_id(ctx.seed ^ 0x0000_0a5e, 48)),
         Said::Tool { .. } => format!("fc_{}", hex_id(ctx.seed ^ 0x0000_0a5e, 48)),
     };
-    let call_id = format!("call_{}", alnum_id(ctx.seed ^ 0x00ca_11, 24));
+    let call_id = format!("call_{}", alnum_id(ctx.seed ^ 0x0000_ca11, 24));
     let truncated = matches!(
         said,
         Said::Text {

@@ -520,7 +520,8 @@ async fn malformed_sse_blank_and_gzip() {
     )
     .await;
     assert!(b.windows(16).any(|w| w == b"data: {not json\n"));
-    assert!(b.windows(9).any(|w| w == b"\xff\xfe bina"));
+    let junk: &[u8] = b"data: \xff\xfe binary junk\n\n";
+    assert!(b.windows(junk.len()).any(|w| w == junk));
     assert!(b.ends_with(b"data: [DONE]\n\n"));
 
     let (_, _, b) = send(

@@ -128,8 +128,62 @@ pub(crate) fn estimate_tokens(s: &str) -> u64 {
     chars.div_ceil(4)
 }
 
-/// The answer for a prompt: one paragraph chosen by hash.
+/// Words that pick a paragraph by topic, index-aligned with [`PARAGRAPHS`]. A key matches a
+/// word exactly or with a plural `s`, as a prefix when it has six letters or more, and as a
+/// phrase when it has a space.
+const TOPICS: &[&[&str]] = &[
+    &["photosynth", "chlorophyll", "plant"],
+    &["tcp", "congestion", "networking", "packet"],
+    &["aqueduct", "roman", "rome"],
+    &["sourdough", "bread", "yeast"],
+    &["tectonic", "earthquake", "continent", "continental"],
+    &["jazz", "improvis"],
+    &["vaccin", "immune", "immunity"],
+    &["compound interest", "investing", "investment", "savings"],
+    &["octopus", "cephalopod"],
+    &["printing", "gutenberg"],
+    &["black hole", "hawking"],
+    &["coral", "reef"],
+    &["chess"],
+    &["rust", "borrow"],
+    &["index", "indexes", "b-tree", "btree", "database"],
+    &["silk road", "caravan"],
+    &["coffee", "espresso", "roast", "roasting"],
+    &["bee", "honeybee", "hive"],
+    &["tide", "tidal", "moon"],
+    &["impressionis", "monet", "painting"],
+    &["sleep", "sleeping", "dream"],
+    &["gps", "relativity"],
+    &["bridge", "suspension"],
+    &["kimchi", "ferment"],
+    &["hawaii", "volcano", "volcanoes", "hotspot"],
+    &["zero"],
+    &["marathon", "running"],
+    &["cpu", "cache", "processor"],
+    &["ice core", "antarctic", "climate"],
+    &["language", "toddler", "children"],
+    &["lighthouse", "fresnel"],
+];
+
+/// The answer for a prompt: the paragraph on a topic it names, else one chosen by hash.
 pub(crate) fn answer_for(prompt: &str) -> String {
+    let lower = prompt.to_lowercase();
+    let words: Vec<&str> = lower
+        .split(|c: char| !c.is_alphanumeric() && c != '-')
+        .collect();
+    let names = |key: &str| {
+        if key.contains(' ') {
+            return lower.contains(key);
+        }
+        words.iter().any(|w| {
+            *w == key || w.strip_suffix('s') == Some(key) || (key.len() >= 6 && w.starts_with(key))
+        })
+    };
+    if let Some(i) = TOPICS.iter().position(|keys| keys.iter().any(|k| names(k))) {
+        if let Some(p) = PARAGRAPHS.get(i) {
+            return (*p).to_string();
+        }
+    }
     let h = fnv1a(&[prompt.as_bytes()]);
     PARAGRAPHS[(h % PARAGRAPHS.len() as u64) as usize].to_string()
 }
@@ -315,6 +369,18 @@ mod tests {
                 estimate_tokens(p)
             );
         }
+    }
+
+    #[test]
+    fn topics_pick_their_paragraph() {
+        assert_eq!(TOPICS.len(), PARAGRAPHS.len());
+        assert!(answer_for("Tell me about tides.").starts_with("Tides are"));
+        assert!(answer_for("How do honeybees communicate?").starts_with("Honeybee"));
+        assert!(answer_for("Explain black holes").starts_with("A black hole"));
+        assert_eq!(
+            answer_for("Why is the sky blue?"),
+            answer_for("Why is the sky blue?")
+        );
     }
 
     #[test]
