@@ -65,7 +65,8 @@ async fn main() {
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let hist = Arc::new(Mutex::new(
-        hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+        hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+            .expect("histogram bounds"),
     ));
     let start = Instant::now() + Duration::from_millis(200);
     let mut workers = Vec::new();
@@ -76,7 +77,8 @@ async fn main() {
         let rate = args.rate;
         workers.push(tokio::spawn(async move {
             let host = url.authority().map(|a| a.to_string()).unwrap_or_default();
-            let mut local = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+            let mut local =
+                hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
             let mut sender = None;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -99,7 +101,11 @@ async fn main() {
                     sender = Some(s);
                 }
                 let Some(s) = sender.as_mut() else { continue };
-                let method = if body.is_empty() { http::Method::GET } else { http::Method::POST };
+                let method = if body.is_empty() {
+                    http::Method::GET
+                } else {
+                    http::Method::POST
+                };
                 let req = http::Request::builder()
                     .method(method)
                     .uri(url.path_and_query().map(|p| p.as_str()).unwrap_or("/"))

@@ -148,9 +148,16 @@ struct Status<'a> {
     traffic: Vec<crate::metrics::ListenerSummary>,
 }
 
-async fn serve(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn serve(
+    state: Arc<AdminState>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n".into()));
+        return Ok(text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "method not allowed\n".into(),
+        ));
     }
     let resp = match req.uri().path() {
         "/metrics" => text(
@@ -168,7 +175,14 @@ async fn serve(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Respons
                 "ready": ready,
                 "degraded": degraded,
             });
-            json(if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)
+            json(
+                if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                },
+                &body,
+            )
         }
         "/status" => {
             let listeners = state.listeners.lock().clone();
@@ -192,7 +206,8 @@ async fn serve(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Respons
 fn text(status: StatusCode, ctype: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
     r
 }
 

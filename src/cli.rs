@@ -14,7 +14,11 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_RUNTIME: u8 = 1;
 
 #[derive(Parser, Debug)]
-#[command(name = "semtap", version, about = "Taps LLM API traffic and watches it for the failures plain APM misses")]
+#[command(
+    name = "semtap",
+    version,
+    about = "Taps LLM API traffic and watches it for the failures plain APM misses"
+)]
 struct Cli {
     #[command(flatten)]
     common: Common,
@@ -26,7 +30,12 @@ struct Cli {
 #[derive(Args, Debug, Clone)]
 struct Common {
     /// Log format: human or json.
-    #[arg(long, global = true, env = "SEMTAP_LOG_FORMAT", value_name = "human|json")]
+    #[arg(
+        long,
+        global = true,
+        env = "SEMTAP_LOG_FORMAT",
+        value_name = "human|json"
+    )]
     log_format: Option<String>,
     /// Log filter (e.g. info, debug, semtap=debug).
     #[arg(long, global = true, env = "SEMTAP_LOG", value_name = "FILTER")]
@@ -101,7 +110,12 @@ pub fn main() -> ExitCode {
 fn check_config(file: &std::path::Path) -> ExitCode {
     match Config::load(Some(file), &Overrides::default()) {
         Ok(cfg) => {
-            println!("{}: ok ({} listener{})", file.display(), cfg.listeners.len(), if cfg.listeners.len() == 1 { "" } else { "s" });
+            println!(
+                "{}: ok ({} listener{})",
+                file.display(),
+                cfg.listeners.len(),
+                if cfg.listeners.len() == 1 { "" } else { "s" }
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -119,7 +133,9 @@ fn init_logging(format: LogFormat, level: &str) {
         .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
         .or_else(|| tracing_subscriber::EnvFilter::try_new(level).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().with_current_span(false).try_init(),
         LogFormat::Human => builder.try_init(),
@@ -197,7 +213,11 @@ async fn wait_for_signal() {
 }
 
 fn demo(common: Common, args: DemoArgs) -> ExitCode {
-    let format = common.log_format.as_deref().and_then(LogFormat::parse).unwrap_or_default();
+    let format = common
+        .log_format
+        .as_deref()
+        .and_then(LogFormat::parse)
+        .unwrap_or_default();
     init_logging(format, common.log_level.as_deref().unwrap_or("warn"));
     let rt = match runtime() {
         Ok(rt) => rt,

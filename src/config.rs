@@ -218,7 +218,9 @@ impl Upstream {
             .cloned()
             .ok_or_else(|| format!("`{text}` has no scheme (use http:// or https://)"))?;
         if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
-            return Err(format!("scheme `{scheme}` is not supported (use http or https)"));
+            return Err(format!(
+                "scheme `{scheme}` is not supported (use http or https)"
+            ));
         }
         let authority = uri
             .authority()
@@ -257,7 +259,11 @@ impl Upstream {
 
 impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}{}", self.scheme, self.authority, self.path_prefix)
+        write!(
+            f,
+            "{}://{}{}",
+            self.scheme, self.authority, self.path_prefix
+        )
     }
 }
 
@@ -483,7 +489,9 @@ fn build(file: FileConfig, source: &str, ov: &Overrides) -> Result<Config, Confi
             }
         });
         let listen = match l.listen.as_deref() {
-            Some(t) => parse_addr(t).map_err(|r| issue!(source, key("listen"), r)).ok(),
+            Some(t) => parse_addr(t)
+                .map_err(|r| issue!(source, key("listen"), r))
+                .ok(),
             None => {
                 issue!(source, key("listen"), "is required");
                 None
@@ -505,7 +513,9 @@ fn build(file: FileConfig, source: &str, ov: &Overrides) -> Result<Config, Confi
                     issue!(
                         source,
                         key("provider"),
-                        format!("unknown provider `{p}` (use openai, anthropic or azure.ai.openai)"),
+                        format!(
+                            "unknown provider `{p}` (use openai, anthropic or azure.ai.openai)"
+                        ),
                     );
                     None
                 }
@@ -663,8 +673,7 @@ fn build(file: FileConfig, source: &str, ov: &Overrides) -> Result<Config, Confi
     }
 
     if let Some(path) = file.capture.file {
-        let max_bytes = positive!(file.capture.max_bytes, "capture.max_bytes")
-            .unwrap_or(100 << 20);
+        let max_bytes = positive!(file.capture.max_bytes, "capture.max_bytes").unwrap_or(100 << 20);
         let keep = file.capture.keep.unwrap_or(3) as usize;
         cfg.capture_file = Some(CaptureFileConfig {
             path,
@@ -694,7 +703,10 @@ mod tests {
 
     #[test]
     fn durations_accept_units_and_bare_seconds() {
-        assert_eq!(parse_duration("250ms").ok(), Some(Duration::from_millis(250)));
+        assert_eq!(
+            parse_duration("250ms").ok(),
+            Some(Duration::from_millis(250))
+        );
         assert_eq!(parse_duration("10s").ok(), Some(Duration::from_secs(10)));
         assert_eq!(parse_duration("5m").ok(), Some(Duration::from_secs(300)));
         assert_eq!(parse_duration("2").ok(), Some(Duration::from_secs(2)));
@@ -728,13 +740,20 @@ mod tests {
         let issues = err.unwrap_or_default();
         assert_eq!(issues.len(), 1);
         assert_eq!(issues[0].key, "limits.capture_bytez");
-        assert!(issues[0].reason.contains("unknown field"), "{}", issues[0].reason);
+        assert!(
+            issues[0].reason.contains("unknown field"),
+            "{}",
+            issues[0].reason
+        );
     }
 
     #[test]
     fn wrong_type_is_named() {
         let text = "[limits]\nidle_timeout = \"forever\"\n";
-        let issues = Config::from_toml(text, "c.toml").err().map(|e| e.issues).unwrap_or_default();
+        let issues = Config::from_toml(text, "c.toml")
+            .err()
+            .map(|e| e.issues)
+            .unwrap_or_default();
         assert_eq!(issues.len(), 1);
         assert_eq!(issues[0].key, "limits.idle_timeout");
     }

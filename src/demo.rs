@@ -35,8 +35,10 @@ const PROMPTS: &[&str] = &[
 /// Runs the demo; returns whether traffic flowed and was measured.
 pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     let upstream = MockUpstream::start().await?;
-    let mut cfg = Config::default();
-    cfg.admin_listen = "127.0.0.1:0".parse()?;
+    let mut cfg = Config {
+        admin_listen: "127.0.0.1:0".parse()?,
+        ..Config::default()
+    };
     cfg.listeners.push(ListenerConfig {
         name: "openai".into(),
         listen: "127.0.0.1:0".parse()?,
@@ -50,14 +52,24 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         provider: Some(Provider::Anthropic),
     });
     let running = Running::start(&cfg).await?;
-    let openai = running.listener_addr("openai").ok_or_else(|| anyhow::anyhow!("no openai listener"))?;
-    let anthropic = running.listener_addr("anthropic").ok_or_else(|| anyhow::anyhow!("no anthropic listener"))?;
-    let admin = running.admin_addr().ok_or_else(|| anyhow::anyhow!("no admin server"))?;
+    let openai = running
+        .listener_addr("openai")
+        .ok_or_else(|| anyhow::anyhow!("no openai listener"))?;
+    let anthropic = running
+        .listener_addr("anthropic")
+        .ok_or_else(|| anyhow::anyhow!("no anthropic listener"))?;
+    let admin = running
+        .admin_addr()
+        .ok_or_else(|| anyhow::anyhow!("no admin server"))?;
     println!("semtap demo: simulated upstream at {}", upstream.url());
     println!("  OpenAI base URL    http://{openai}/v1");
     println!("  Anthropic base URL http://{anthropic}");
     println!("  metrics            http://{admin}/metrics");
-    println!("sending {} req/s for {}s (streaming and not, with some 529s and blank answers)...\n", opts.rate, opts.duration.as_secs());
+    println!(
+        "sending {} req/s for {}s (streaming and not, with some 529s and blank answers)...\n",
+        opts.rate,
+        opts.duration.as_secs()
+    );
 
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let start = Instant::now();
@@ -82,14 +94,24 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
                 "model": "claude-sonnet-4-5", "max_tokens": 256, "stream": stream,
                 "messages": [{"role": "user", "content": prompt}],
             });
-            build(&format!("http://{anthropic}/v1/messages"), &body, fault, true)
+            build(
+                &format!("http://{anthropic}/v1/messages"),
+                &body,
+                fault,
+                true,
+            )
         } else {
             let body = serde_json::json!({
                 "model": "gpt-4o-mini", "stream": stream,
                 "stream_options": {"include_usage": true},
                 "messages": [{"role": "system", "content": "Be concise."}, {"role": "user", "content": prompt}],
             });
-            build(&format!("http://{openai}/v1/chat/completions"), &body, fault, false)
+            build(
+                &format!("http://{openai}/v1/chat/completions"),
+                &body,
+                fault,
+                false,
+            )
         };
         let Ok(req) = req else { continue };
         let client = client.clone();
@@ -126,12 +148,19 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     Ok(processed > 0)
 }
 
-fn build(url: &str, body: &serde_json::Value, fault: Option<&str>, anthropic: bool) -> anyhow::Result<http::Request<Full<Bytes>>> {
+fn build(
+    url: &str,
+    body: &serde_json::Value,
+    fault: Option<&str>,
+    anthropic: bool,
+) -> anyhow::Result<http::Request<Full<Bytes>>> {
     let mut b = http::Request::post(url)
         .header("content-type", "application/json")
         .header("authorization", "Bearer sk-demo-not-a-real-key");
     if anthropic {
-        b = b.header("anthropic-version", "2023-06-01").header("x-api-key", "sk-ant-demo-not-a-real-key");
+        b = b
+            .header("anthropic-version", "2023-06-01")
+            .header("x-api-key", "sk-ant-demo-not-a-real-key");
     }
     if let Some(f) = fault {
         b = b.header("x-mock-fault", f);
@@ -142,5 +171,9 @@ fn build(url: &str, body: &serde_json::Value, fault: Option<&str>, anthropic: bo
 
 fn print_summary(running: &Running, elapsed: Duration) {
     let s = running.metrics.summary();
-    println!("[{:>5.1}s] {}", elapsed.as_secs_f64(), serde_json::to_string(&s).unwrap_or_default());
+    println!(
+        "[{:>5.1}s] {}",
+        elapsed.as_secs_f64(),
+        serde_json::to_string(&s).unwrap_or_default()
+    );
 }

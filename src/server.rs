@@ -49,12 +49,19 @@ impl Running {
     }
 
     /// Like [`Running::start`], with extra record consumers (tests, the demo).
-    pub async fn start_with_sinks(cfg: &Config, sinks: Vec<Arc<dyn RecordSink>>) -> Result<Running, StartError> {
+    pub async fn start_with_sinks(
+        cfg: &Config,
+        sinks: Vec<Arc<dyn RecordSink>>,
+    ) -> Result<Running, StartError> {
         let mut opts = MetricsOptions::from_env();
         opts.max_models = cfg.max_models;
         let metrics = Arc::new(Metrics::new(opts));
         let health = Health::new();
-        let pipeline = Pipeline::start(cfg.pipeline_queue, cfg.limits.decompressed_bytes, metrics.clone());
+        let pipeline = Pipeline::start(
+            cfg.pipeline_queue,
+            cfg.limits.decompressed_bytes,
+            metrics.clone(),
+        );
         for s in sinks {
             pipeline.add_sink(s);
         }
@@ -101,7 +108,10 @@ impl Running {
 
     /// The bound address of the listener called `name`.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners.iter().find(|l| l.name == name).map(|l| l.addr)
+        self.listeners
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.addr)
     }
 
     /// Bound addresses of all listeners, in config order.
@@ -122,7 +132,8 @@ impl Running {
             tap.shutdown(self.grace).await;
         }
         let pipeline = self.pipeline.clone();
-        let _ = tokio::task::spawn_blocking(move || pipeline.shutdown(Duration::from_secs(5))).await;
+        let _ =
+            tokio::task::spawn_blocking(move || pipeline.shutdown(Duration::from_secs(5))).await;
         if let Some(admin) = self.admin.take() {
             admin.shutdown().await;
         }

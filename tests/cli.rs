@@ -22,13 +22,28 @@ struct Proc {
 impl Proc {
     fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Proc {
         let mut cmd = Command::new(BIN);
-        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).env_remove("RUST_LOG");
+        cmd.args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env_remove("RUST_LOG");
         for (k, v) in envs {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn semtap");
         let lines = Arc::new(Mutex::new(Vec::new()));
-        for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>)].into_iter().flatten() {
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
             let lines = lines.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -50,7 +65,11 @@ impl Proc {
                     }
                 }
             }
-            assert!(Instant::now() < deadline, "no `{msg}` log line; got: {:?}", self.lines.lock().expect("lines"));
+            assert!(
+                Instant::now() < deadline,
+                "no `{msg}` log line; got: {:?}",
+                self.lines.lock().expect("lines")
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -60,13 +79,18 @@ impl Proc {
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(s)) = self.child.try_wait() {
                 return s;
             }
-            assert!(Instant::now() < deadline, "semtap did not exit after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "semtap did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -80,7 +104,10 @@ impl Drop for Proc {
 }
 
 fn addr_of(v: &serde_json::Value) -> String {
-    v["fields"]["addr"].as_str().expect("addr field").to_string()
+    v["fields"]["addr"]
+        .as_str()
+        .expect("addr field")
+        .to_string()
 }
 
 #[test]
@@ -90,38 +117,87 @@ fn check_config_names_file_key_and_reason_and_exits_2() {
     std::fs::File::create(&path)
         .and_then(|mut f| f.write_all(b"[[listener]]\nlisten = \"127.0.0.1:99999\"\nupstream = \"api.openai.com\"\n\n[limits]\nidle_timeout = \"soon\"\n"))
         .expect("write");
-    let out = Command::new(BIN).args(["check-config", path.to_str().expect("utf8")]).output().expect("run");
+    let out = Command::new(BIN)
+        .args(["check-config", path.to_str().expect("utf8")])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml"), "{err}");
     assert!(err.contains("limits.idle_timeout"), "{err}");
 
     let path2 = dir.path().join("bad2.toml");
-    std::fs::write(&path2, "[[listener]]\nlisten = \"127.0.0.1:99999\"\nupstream = \"api.openai.com\"\n").expect("write");
-    let out = Command::new(BIN).args(["check-config", path2.to_str().expect("utf8")]).output().expect("run");
+    std::fs::write(
+        &path2,
+        "[[listener]]\nlisten = \"127.0.0.1:99999\"\nupstream = \"api.openai.com\"\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["check-config", path2.to_str().expect("utf8")])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("listener[0].listen"), "{err}");
-    assert!(err.contains("listener[0].upstream") && err.contains("no scheme"), "{err}");
+    assert!(
+        err.contains("listener[0].upstream") && err.contains("no scheme"),
+        "{err}"
+    );
 
-    let out = Command::new(BIN).args(["check-config", "semtap.example.toml"]).current_dir(env!("CARGO_MANIFEST_DIR")).output().expect("run");
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .args(["check-config", "semtap.example.toml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn usage_errors_exit_2() {
-    let out = Command::new(BIN).args(["run", "--no-such-flag"]).output().expect("run");
+    let out = Command::new(BIN)
+        .args(["run", "--no-such-flag"])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(2));
     let out = Command::new(BIN).args(["run"]).output().expect("run");
     assert_eq!(out.status.code(), Some(2), "no listener is a config error");
-    let out = Command::new(BIN).args(["run", "--listen", "127.0.0.1:0", "--upstream", "http://x", "--log-format", "xml"]).output().expect("run");
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "http://x",
+            "--log-format",
+            "xml",
+        ])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_with_flags_binds_port_0_and_sigterm_lets_streams_finish() {
     let up = MockUpstream::start().await.expect("mock");
-    let mut p = Proc::spawn(&["run", "--listen", "127.0.0.1:0", "--upstream", &up.url(), "--admin", "127.0.0.1:0", "--log-format", "json"], &[]);
+    let mut p = Proc::spawn(
+        &[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &up.url(),
+            "--admin",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ],
+        &[],
+    );
     let listen = addr_of(&p.wait_log("listener bound"));
     let admin = addr_of(&p.wait_log("admin server bound"));
     p.wait_log("semtap ready");
@@ -129,7 +205,14 @@ async fn run_with_flags_binds_port_0_and_sigterm_lets_streams_finish() {
     assert_eq!(s, 200);
     assert!(status.contains(&listen), "{status}");
     // A slow stream in flight when SIGTERM arrives still completes.
-    let req = with_header(post_json(&format!("http://{listen}/v1/chat/completions"), &chat_body("gpt-4o", "slow", true)), "x-mock-chunk-delay-ms", "40");
+    let req = with_header(
+        post_json(
+            &format!("http://{listen}/v1/chat/completions"),
+            &chat_body("gpt-4o", "slow", true),
+        ),
+        "x-mock-chunk-delay-ms",
+        "40",
+    );
     let c = client();
     let resp = c.request(req).await.expect("headers");
     let status = {
@@ -137,7 +220,12 @@ async fn run_with_flags_binds_port_0_and_sigterm_lets_streams_finish() {
             std::thread::sleep(Duration::from_millis(100));
             p.terminate()
         });
-        let body = resp.into_body().collect().await.expect("stream finished cleanly").to_bytes();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .expect("stream finished cleanly")
+            .to_bytes();
         assert!(String::from_utf8_lossy(&body).contains("[DONE]"));
         pid_wait.await.expect("join")
     };
@@ -152,12 +240,35 @@ async fn a_planted_key_appears_nowhere_semtap_writes() {
     let capture = dir.path().join("exchanges.jsonl");
     let cfg = dir.path().join("semtap.toml");
     std::fs::write(&cfg, format!("[[listener]]\nname = \"main\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[capture]\nfile = \"{}\"\n", up.url(), capture.display())).expect("cfg");
-    let p = Proc::spawn(&["run", "--config", cfg.to_str().expect("utf8"), "--log-format", "json", "--log-level", "trace"], &[]);
+    let p = Proc::spawn(
+        &[
+            "run",
+            "--config",
+            cfg.to_str().expect("utf8"),
+            "--log-format",
+            "json",
+            "--log-level",
+            "trace",
+        ],
+        &[],
+    );
     let listen = addr_of(&p.wait_log("listener bound"));
     let admin = addr_of(&p.wait_log("admin server bound"));
     let c = client();
-    for (i, path) in ["/v1/chat/completions", "/v1/messages", "/v1/responses", "/unknown"].iter().enumerate() {
-        let body = if path.contains("messages") { messages_body("claude-3-5-haiku", "hi", i % 2 == 0) } else { chat_body("gpt-4o", "hi", i % 2 == 0) };
+    for (i, path) in [
+        "/v1/chat/completions",
+        "/v1/messages",
+        "/v1/responses",
+        "/unknown",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let body = if path.contains("messages") {
+            messages_body("claude-3-5-haiku", "hi", i % 2 == 0)
+        } else {
+            chat_body("gpt-4o", "hi", i % 2 == 0)
+        };
         let req = http::Request::post(format!("http://{listen}{path}?api_key={KEY}&key={KEY}"))
             .header("authorization", format!("Bearer {KEY}"))
             .header("x-api-key", KEY)
@@ -165,12 +276,21 @@ async fn a_planted_key_appears_nowhere_semtap_writes() {
             .header("cookie", format!("session={KEY}"))
             .header("openai-organization", "org-1")
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(serde_json::to_vec(&body).expect("json"))))
+            .body(Full::new(Bytes::from(
+                serde_json::to_vec(&body).expect("json"),
+            )))
             .expect("req");
         send(&c, req).await;
     }
     // A body that is not a valid chat request, so the anomaly path logs too.
-    let (s, _, _) = send(&c, http::Request::post(format!("http://{listen}/v1/chat/completions?key={KEY}")).header("authorization", format!("Bearer {KEY}")).body(Full::new(Bytes::from_static(b"{}"))).expect("req")).await;
+    let (s, _, _) = send(
+        &c,
+        http::Request::post(format!("http://{listen}/v1/chat/completions?key={KEY}"))
+            .header("authorization", format!("Bearer {KEY}"))
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .expect("req"),
+    )
+    .await;
     assert!(s == 200 || s == 400, "{s}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let metrics = get_text(&format!("http://{admin}/metrics")).await.1;
@@ -178,10 +298,21 @@ async fn a_planted_key_appears_nowhere_semtap_writes() {
     let logs = p.output();
     drop(p);
     let captured = std::fs::read_to_string(&capture).unwrap_or_default();
-    assert!(captured.lines().count() >= 3, "capture file written: {captured}");
+    assert!(
+        captured.lines().count() >= 3,
+        "capture file written: {captured}"
+    );
     let h = up.last_request_headers().expect("upstream saw requests");
-    assert!(h.get("authorization").is_some(), "the key itself still reaches the upstream");
-    for (what, text) in [("metrics", &metrics), ("status", &status), ("capture file", &captured), ("logs", &logs)] {
+    assert!(
+        h.get("authorization").is_some(),
+        "the key itself still reaches the upstream"
+    );
+    for (what, text) in [
+        ("metrics", &metrics),
+        ("status", &status),
+        ("capture file", &captured),
+        ("logs", &logs),
+    ] {
         assert!(!text.contains("PLANTED"), "key leaked into {what}");
     }
     assert!(!logs.is_empty());
@@ -194,13 +325,30 @@ async fn logs_never_contain_a_planted_key() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = dead.local_addr().expect("addr").port();
     drop(dead);
-    let p = Proc::spawn(&["run", "--listen", "127.0.0.1:0", "--upstream", &format!("http://127.0.0.1:{port}"), "--admin", "127.0.0.1:0", "--log-format", "json", "--log-level", "trace"], &[]);
+    let p = Proc::spawn(
+        &[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &format!("http://127.0.0.1:{port}"),
+            "--admin",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--log-level",
+            "trace",
+        ],
+        &[],
+    );
     let listen = addr_of(&p.wait_log("listener bound"));
     let c = client();
     let req = http::Request::post(format!("http://{listen}/v1/chat/completions?api-key={KEY}"))
         .header("authorization", format!("Bearer {KEY}"))
         .header("x-api-key", KEY)
-        .body(Full::new(Bytes::from(serde_json::to_vec(&chat_body("gpt-4o", "hi", false)).expect("json"))))
+        .body(Full::new(Bytes::from(
+            serde_json::to_vec(&chat_body("gpt-4o", "hi", false)).expect("json"),
+        )))
         .expect("req");
     let (s, _, body) = send(&c, req).await;
     assert_eq!(s, 502);
@@ -216,7 +364,9 @@ async fn egress_goes_through_https_proxy_when_set() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = MockUpstream::start().await.expect("mock");
     // A minimal CONNECT proxy on loopback that counts tunnels.
-    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind proxy");
     let proxy_addr = proxy.local_addr().expect("addr");
     let tunnels = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let t2 = tunnels.clone();
@@ -233,21 +383,54 @@ async fn egress_goes_through_https_proxy_when_set() {
                     head.push(b[0]);
                 }
                 let head = String::from_utf8_lossy(&head).to_string();
-                let Some(target) = head.strip_prefix("CONNECT ").and_then(|r| r.split(' ').next()) else { return };
-                let Ok(mut up) = tokio::net::TcpStream::connect(target).await else { return };
+                let Some(target) = head
+                    .strip_prefix("CONNECT ")
+                    .and_then(|r| r.split(' ').next())
+                else {
+                    return;
+                };
+                let Ok(mut up) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
                 t2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let _ = s.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await;
                 let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
             });
         }
     });
     let proxy_url = format!("http://{proxy_addr}");
     let p = Proc::spawn(
-        &["run", "--listen", "127.0.0.1:0", "--upstream", &up.url(), "--admin", "127.0.0.1:0", "--log-format", "json"],
-        &[("HTTPS_PROXY", &proxy_url), ("HTTP_PROXY", &proxy_url), ("NO_PROXY", "")],
+        &[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &up.url(),
+            "--admin",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ],
+        &[
+            ("HTTPS_PROXY", &proxy_url),
+            ("HTTP_PROXY", &proxy_url),
+            ("NO_PROXY", ""),
+        ],
     );
     let listen = addr_of(&p.wait_log("listener bound"));
-    let (s, _, _) = send(&client(), post_json(&format!("http://{listen}/v1/chat/completions"), &chat_body("gpt-4o", "via proxy", false))).await;
+    let (s, _, _) = send(
+        &client(),
+        post_json(
+            &format!("http://{listen}/v1/chat/completions"),
+            &chat_body("gpt-4o", "via proxy", false),
+        ),
+    )
+    .await;
     assert_eq!(s, 200);
-    assert!(tunnels.load(std::sync::atomic::Ordering::SeqCst) >= 1, "request went through the proxy");
+    assert!(
+        tunnels.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "request went through the proxy"
+    );
 }

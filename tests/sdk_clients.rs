@@ -31,11 +31,19 @@ async fn official_sdks_see_the_same_answers_through_semtap() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/compare.py");
     let direct = up.url();
     let tapped = t.base();
-    let out = tokio::task::spawn_blocking(move || Command::new("python3").args([script, &direct, &tapped]).output())
-        .await
-        .expect("join")
-        .expect("python runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .args([script, &direct, &tapped])
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json from the script");
     let cases = v["direct"].as_object().expect("cases");
     for (case, d) in cases {
@@ -43,11 +51,21 @@ async fn official_sdks_see_the_same_answers_through_semtap() {
     }
     assert_eq!(v["tapped"]["openai_429"], "RateLimitError");
     // OverloadedError in recent SDKs, InternalServerError in older ones; the same as direct.
-    assert!(v["tapped"]["anthropic_529"].as_str().unwrap_or("").ends_with(":529"));
-    assert!(!v["tapped"]["anthropic_stream"]["text"].as_str().unwrap_or("").is_empty());
+    assert!(v["tapped"]["anthropic_529"]
+        .as_str()
+        .unwrap_or("")
+        .ends_with(":529"));
+    assert!(!v["tapped"]["anthropic_stream"]["text"]
+        .as_str()
+        .unwrap_or("")
+        .is_empty());
     // Every SDK call (7) became a record.
     let mut n = 0;
-    while t.records.recv_timeout(std::time::Duration::from_secs(5)).is_ok() {
+    while t
+        .records
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .is_ok()
+    {
         n += 1;
         if n == 7 {
             break;

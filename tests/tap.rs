@@ -33,14 +33,34 @@ async fn random_bodies_and_headers_pass_through_byte_exact() {
         let (status, headers, got) = send(&c, req).await;
         assert_eq!(status, 200);
         assert_eq!(got.as_ref(), body.as_slice(), "body {i} differs");
-        assert_eq!(headers.get("x-echo-x-custom-thing").and_then(|v| v.to_str().ok()), Some(format!("value-{i}").as_str()));
-        assert_eq!(headers.get("x-echo-path").and_then(|v| v.to_str().ok()), Some(format!("/echo?i={i}&x=%20y").as_str()));
+        assert_eq!(
+            headers
+                .get("x-echo-x-custom-thing")
+                .and_then(|v| v.to_str().ok()),
+            Some(format!("value-{i}").as_str())
+        );
+        assert_eq!(
+            headers.get("x-echo-path").and_then(|v| v.to_str().ok()),
+            Some(format!("/echo?i={i}&x=%20y").as_str())
+        );
     }
     // Binary responses: through semtap equals direct.
     for seed in 0..10u64 {
         let n = 1 + seed * 77_777;
-        let direct = send(&c, http::Request::get(format!("{}/bytes?n={n}&seed={seed}", up.url())).body(Full::new(Bytes::new())).expect("req")).await;
-        let tapped = send(&c, http::Request::get(format!("{}/bytes?n={n}&seed={seed}", t.base())).body(Full::new(Bytes::new())).expect("req")).await;
+        let direct = send(
+            &c,
+            http::Request::get(format!("{}/bytes?n={n}&seed={seed}", up.url()))
+                .body(Full::new(Bytes::new()))
+                .expect("req"),
+        )
+        .await;
+        let tapped = send(
+            &c,
+            http::Request::get(format!("{}/bytes?n={n}&seed={seed}", t.base()))
+                .body(Full::new(Bytes::new()))
+                .expect("req"),
+        )
+        .await;
         assert_eq!(direct.0, tapped.0);
         assert_eq!(direct.2, tapped.2, "bytes seed {seed}");
         assert_eq!(direct.1.get("content-type"), tapped.1.get("content-type"));
@@ -64,10 +84,16 @@ async fn host_is_rewritten_and_hop_by_hop_headers_dropped() {
     let (status, _, _) = send(&client(), req).await;
     assert_eq!(status, 200);
     let h = up.last_request_headers().expect("upstream saw a request");
-    assert_eq!(h.get("host").and_then(|v| v.to_str().ok()), Some(up.addr().to_string().as_str()));
+    assert_eq!(
+        h.get("host").and_then(|v| v.to_str().ok()),
+        Some(up.addr().to_string().as_str())
+    );
     assert!(h.get("x-hop").is_none());
     assert!(h.get("keep-alive").is_none());
-    assert_eq!(h.get("x-end-to-end").and_then(|v| v.to_str().ok()), Some("yes"));
+    assert_eq!(
+        h.get("x-end-to-end").and_then(|v| v.to_str().ok()),
+        Some("yes")
+    );
     t.running.shutdown().await;
 }
 
@@ -78,9 +104,17 @@ async fn openai_chat_records_streaming_and_not() {
     let c = client();
     for stream in [false, true] {
         let body = chat_body("gpt-4o-mini", "Why is the sky blue?", stream);
-        let direct = send(&c, post_json(&format!("{}/v1/chat/completions", up.url()), &body)).await;
+        let direct = send(
+            &c,
+            post_json(&format!("{}/v1/chat/completions", up.url()), &body),
+        )
+        .await;
         let _ = t.next_record_opt();
-        let tapped = send(&c, post_json(&format!("{}/v1/chat/completions", t.base()), &body)).await;
+        let tapped = send(
+            &c,
+            post_json(&format!("{}/v1/chat/completions", t.base()), &body),
+        )
+        .await;
         assert_eq!(direct.0, tapped.0);
         assert_eq!(strip_ids(&direct.2), strip_ids(&tapped.2));
         let r = t.next_record();
@@ -118,17 +152,28 @@ async fn anthropic_and_responses_and_legacy_apis_are_recognised() {
     let t = tap(&up.url()).await;
     let c = client();
     for stream in [false, true] {
-        let (s, _, _) = send(&c, post_json(&format!("{}/v1/messages", t.base()), &messages_body("claude-sonnet-4-5", "Tell me about tides.", stream))).await;
+        let (s, _, _) = send(
+            &c,
+            post_json(
+                &format!("{}/v1/messages", t.base()),
+                &messages_body("claude-sonnet-4-5", "Tell me about tides.", stream),
+            ),
+        )
+        .await;
         assert_eq!(s, 200);
         let r = t.next_record();
-        assert_eq!((r.provider, r.api, r.stream), (Provider::Anthropic, Api::Messages, stream));
+        assert_eq!(
+            (r.provider, r.api, r.stream),
+            (Provider::Anthropic, Api::Messages, stream)
+        );
         assert_eq!(r.prompt.as_deref(), Some("Tell me about tides."));
         assert!(!r.response.is_empty());
         assert_eq!(r.finish_reasons, vec!["end_turn".to_string()]);
         assert!(r.usage.input_tokens.is_some() && r.usage.output_tokens.is_some());
         assert!(r.parse_anomaly.is_none(), "{:?}", r.parse_anomaly);
 
-        let body = serde_json::json!({"model": "gpt-4.1", "input": "Define entropy.", "stream": stream});
+        let body =
+            serde_json::json!({"model": "gpt-4.1", "input": "Define entropy.", "stream": stream});
         let (s, _, _) = send(&c, post_json(&format!("{}/v1/responses", t.base()), &body)).await;
         assert_eq!(s, 200);
         let r = t.next_record();
@@ -138,17 +183,27 @@ async fn anthropic_and_responses_and_legacy_apis_are_recognised() {
         assert!(r.usage.output_tokens.is_some());
 
         let body = serde_json::json!({"model": "gpt-3.5-turbo-instruct", "prompt": "Once upon a time", "stream": stream});
-        let (s, _, _) = send(&c, post_json(&format!("{}/v1/completions", t.base()), &body)).await;
+        let (s, _, _) = send(
+            &c,
+            post_json(&format!("{}/v1/completions", t.base()), &body),
+        )
+        .await;
         assert_eq!(s, 200);
         let r = t.next_record();
-        assert_eq!((r.api, r.operation.as_str()), (Api::Completions, "text_completion"));
+        assert_eq!(
+            (r.api, r.operation.as_str()),
+            (Api::Completions, "text_completion")
+        );
         assert!(!r.response.is_empty());
     }
     let body = serde_json::json!({"model": "text-embedding-3-small", "input": ["a", "b"]});
     let (s, _, _) = send(&c, post_json(&format!("{}/v1/embeddings", t.base()), &body)).await;
     assert_eq!(s, 200);
     let r = t.next_record();
-    assert_eq!((r.api, r.operation.as_str()), (Api::Embeddings, "embeddings"));
+    assert_eq!(
+        (r.api, r.operation.as_str()),
+        (Api::Embeddings, "embeddings")
+    );
     assert!(r.usage.input_tokens.is_some());
     t.running.shutdown().await;
 }
@@ -158,13 +213,19 @@ async fn azure_deployment_paths_name_the_model() {
     let up = MockUpstream::start().await.expect("mock");
     let t = tap(&up.url()).await;
     let body = serde_json::json!({"messages": [{"role": "user", "content": "hello"}]});
-    let url = format!("{}/openai/deployments/my-gpt4o/chat/completions?api-version=2024-10-21", t.base());
+    let url = format!(
+        "{}/openai/deployments/my-gpt4o/chat/completions?api-version=2024-10-21",
+        t.base()
+    );
     let (s, _, _) = send(&client(), post_json(&url, &body)).await;
     assert_eq!(s, 200);
     let r = t.next_record();
     assert_eq!(r.provider, Provider::AzureOpenAi);
     assert_eq!(r.request_model.as_deref(), Some("my-gpt4o"));
-    assert_eq!(up.last_request_path().as_deref(), Some("/openai/deployments/my-gpt4o/chat/completions?api-version=2024-10-21"));
+    assert_eq!(
+        up.last_request_path().as_deref(),
+        Some("/openai/deployments/my-gpt4o/chat/completions?api-version=2024-10-21")
+    );
     t.running.shutdown().await;
 }
 
@@ -172,13 +233,29 @@ async fn azure_deployment_paths_name_the_model() {
 async fn streams_are_forwarded_without_buffering() {
     let up = MockUpstream::start().await.expect("mock");
     let t = tap(&up.url()).await;
-    let req = with_header(post_json(&format!("{}/v1/chat/completions", t.base()), &chat_body("gpt-4o-mini", "hold on", true)), "x-mock-fault", "gate");
-    let resp = tokio::time::timeout(Duration::from_secs(10), client().request(req)).await.expect("headers arrive while upstream holds the rest").expect("response");
+    let req = with_header(
+        post_json(
+            &format!("{}/v1/chat/completions", t.base()),
+            &chat_body("gpt-4o-mini", "hold on", true),
+        ),
+        "x-mock-fault",
+        "gate",
+    );
+    let resp = tokio::time::timeout(Duration::from_secs(10), client().request(req))
+        .await
+        .expect("headers arrive while upstream holds the rest")
+        .expect("response");
     assert_eq!(resp.status(), 200);
     let mut body = resp.into_body();
     // The first chunk arrives while the upstream still holds back the rest.
-    let first = tokio::time::timeout(Duration::from_secs(10), body.frame()).await.expect("first chunk not buffered");
-    let first = first.expect("a frame").expect("ok frame").into_data().unwrap_or_default();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("first chunk not buffered");
+    let first = first
+        .expect("a frame")
+        .expect("ok frame")
+        .into_data()
+        .unwrap_or_default();
     assert!(String::from_utf8_lossy(&first).contains("data: "));
     up.release_gate();
     let rest = body.collect().await.expect("rest").to_bytes();
@@ -194,18 +271,52 @@ async fn upstream_error_statuses_pass_through_untouched() {
     let t = tap(&up.url()).await;
     let c = client();
     for (path, status, body, etype) in [
-        ("/v1/chat/completions", 429, chat_body("gpt-4o", "x", false), "rate_limit_exceeded"),
-        ("/v1/chat/completions", 500, chat_body("gpt-4o", "x", true), "server_error"),
-        ("/v1/messages", 529, messages_body("claude-opus-4", "x", true), "overloaded_error"),
+        (
+            "/v1/chat/completions",
+            429,
+            chat_body("gpt-4o", "x", false),
+            "rate_limit_exceeded",
+        ),
+        (
+            "/v1/chat/completions",
+            500,
+            chat_body("gpt-4o", "x", true),
+            "server_error",
+        ),
+        (
+            "/v1/messages",
+            529,
+            messages_body("claude-opus-4", "x", true),
+            "overloaded_error",
+        ),
     ] {
         let fault = format!("status={status}");
-        let direct = send(&c, with_header(post_json(&format!("{}{path}", up.url()), &body), "x-mock-fault", &fault)).await;
-        let tapped = send(&c, with_header(post_json(&format!("{}{path}", t.base()), &body), "x-mock-fault", &fault)).await;
+        let direct = send(
+            &c,
+            with_header(
+                post_json(&format!("{}{path}", up.url()), &body),
+                "x-mock-fault",
+                &fault,
+            ),
+        )
+        .await;
+        let tapped = send(
+            &c,
+            with_header(
+                post_json(&format!("{}{path}", t.base()), &body),
+                "x-mock-fault",
+                &fault,
+            ),
+        )
+        .await;
         assert_eq!(tapped.0, status);
         assert_eq!(direct.0, tapped.0);
         assert_eq!(direct.2, tapped.2);
         assert_eq!(direct.1.get("retry-after"), tapped.1.get("retry-after"));
-        assert!(tapped.1.get("x-semtap-error").is_none(), "an upstream error is not semtap's");
+        assert!(
+            tapped.1.get("x-semtap-error").is_none(),
+            "an upstream error is not semtap's"
+        );
         let r = t.next_record();
         assert_eq!(r.status, status);
         assert_eq!(r.error_type.as_deref(), Some(etype));
@@ -221,16 +332,33 @@ async fn refused_upstream_gives_502_in_the_providers_envelope() {
     drop(dead);
     let t = tap(&format!("http://127.0.0.1:{port}")).await;
     let c = client();
-    let (s, h, b) = send(&c, post_json(&format!("{}/v1/chat/completions", t.base()), &chat_body("gpt-4o", "x", false))).await;
+    let (s, h, b) = send(
+        &c,
+        post_json(
+            &format!("{}/v1/chat/completions", t.base()),
+            &chat_body("gpt-4o", "x", false),
+        ),
+    )
+    .await;
     assert_eq!(s, 502);
-    assert_eq!(h.get("x-semtap-error").and_then(|v| v.to_str().ok()), Some("upstream_unreachable"));
+    assert_eq!(
+        h.get("x-semtap-error").and_then(|v| v.to_str().ok()),
+        Some("upstream_unreachable")
+    );
     let v: serde_json::Value = serde_json::from_slice(&b).expect("json error body");
     assert!(v["error"]["message"].is_string(), "{v}");
     let r = t.next_record();
     assert_eq!(r.outcome, Outcome::UpstreamUnreachable);
     assert_eq!(r.status, 502);
 
-    let (s, _, b) = send(&c, post_json(&format!("{}/v1/messages", t.base()), &messages_body("claude-3-5-haiku", "x", false))).await;
+    let (s, _, b) = send(
+        &c,
+        post_json(
+            &format!("{}/v1/messages", t.base()),
+            &messages_body("claude-3-5-haiku", "x", false),
+        ),
+    )
+    .await;
     assert_eq!(s, 502);
     let v: serde_json::Value = serde_json::from_slice(&b).expect("json error body");
     assert_eq!(v["type"], "error");
@@ -245,10 +373,20 @@ async fn hanging_upstream_gives_504() {
     let mut cfg = config_for(&up.url(), None);
     cfg.limits.response_timeout = Duration::from_millis(300);
     let t = tap_with(cfg).await;
-    let req = with_header(post_json(&format!("{}/v1/messages", t.base()), &messages_body("claude-3-5-haiku", "x", false)), "x-mock-fault", "hang");
+    let req = with_header(
+        post_json(
+            &format!("{}/v1/messages", t.base()),
+            &messages_body("claude-3-5-haiku", "x", false),
+        ),
+        "x-mock-fault",
+        "hang",
+    );
     let (s, h, b) = send(&client(), req).await;
     assert_eq!(s, 504);
-    assert_eq!(h.get("x-semtap-error").and_then(|v| v.to_str().ok()), Some("upstream_timeout"));
+    assert_eq!(
+        h.get("x-semtap-error").and_then(|v| v.to_str().ok()),
+        Some("upstream_timeout")
+    );
     let v: serde_json::Value = serde_json::from_slice(&b).expect("json");
     assert_eq!(v["error"]["type"], "timeout_error");
     let r = t.next_record();
@@ -261,11 +399,21 @@ async fn hanging_upstream_gives_504() {
 async fn a_stream_cut_upstream_ends_abruptly_for_the_client_too() {
     let up = MockUpstream::start().await.expect("mock");
     let t = tap(&up.url()).await;
-    let req = with_header(post_json(&format!("{}/v1/chat/completions", t.base()), &chat_body("gpt-4o", "x", true)), "x-mock-fault", "cut=3");
+    let req = with_header(
+        post_json(
+            &format!("{}/v1/chat/completions", t.base()),
+            &chat_body("gpt-4o", "x", true),
+        ),
+        "x-mock-fault",
+        "cut=3",
+    );
     let resp = client().request(req).await.expect("headers");
     assert_eq!(resp.status(), 200);
     let collected = resp.into_body().collect().await;
-    assert!(collected.is_err(), "the client must see the cut, not a clean end");
+    assert!(
+        collected.is_err(),
+        "the client must see the cut, not a clean end"
+    );
     let r = t.next_record();
     assert_eq!(r.outcome, Outcome::StreamInterrupted);
     assert_eq!(r.error_type.as_deref(), Some("upstream_body_error"));
@@ -278,7 +426,14 @@ async fn a_stream_cut_upstream_ends_abruptly_for_the_client_too() {
 async fn client_disconnect_cancels_the_upstream_request() {
     let up = MockUpstream::start().await.expect("mock");
     let t = tap(&up.url()).await;
-    let req = with_header(post_json(&format!("{}/v1/chat/completions", t.base()), &chat_body("gpt-4o", "x", true)), "x-mock-fault", "gate");
+    let req = with_header(
+        post_json(
+            &format!("{}/v1/chat/completions", t.base()),
+            &chat_body("gpt-4o", "x", true),
+        ),
+        "x-mock-fault",
+        "gate",
+    );
     let c = client();
     let resp = c.request(req).await.expect("headers");
     let mut body = resp.into_body();
@@ -308,15 +463,34 @@ async fn malformed_upstream_bodies_are_forwarded_unchanged_and_flagged() {
     let c = client();
     for (fault, stream) in [("malformed_json", false), ("malformed_sse", true)] {
         let body = chat_body("gpt-4o", "x", stream);
-        let direct = send(&c, with_header(post_json(&format!("{}/v1/chat/completions", up.url()), &body), "x-mock-fault", fault)).await;
-        let tapped = send(&c, with_header(post_json(&format!("{}/v1/chat/completions", t.base()), &body), "x-mock-fault", fault)).await;
+        let direct = send(
+            &c,
+            with_header(
+                post_json(&format!("{}/v1/chat/completions", up.url()), &body),
+                "x-mock-fault",
+                fault,
+            ),
+        )
+        .await;
+        let tapped = send(
+            &c,
+            with_header(
+                post_json(&format!("{}/v1/chat/completions", t.base()), &body),
+                "x-mock-fault",
+                fault,
+            ),
+        )
+        .await;
         assert_eq!(direct.0, tapped.0);
         assert_eq!(strip_ids(&direct.2), strip_ids(&tapped.2), "{fault}");
         let r = t.next_record();
         assert!(r.parse_anomaly.is_some(), "{fault} is a parse anomaly");
     }
     let m = get_text(&format!("{}/metrics", t.admin())).await.1;
-    assert!(prom_sum(&m, "semtap_parse_anomalies_total", &[]) >= 2.0, "{m}");
+    assert!(
+        prom_sum(&m, "semtap_parse_anomalies_total", &[]) >= 2.0,
+        "{m}"
+    );
     t.running.shutdown().await;
 }
 
@@ -325,7 +499,9 @@ async fn a_100_mb_stream_passes_with_flat_memory() {
     let up = MockUpstream::start().await.expect("mock");
     let t = tap(&up.url()).await;
     let before = rss_bytes();
-    let req = http::Request::get(format!("{}/stream-bytes?mb=100", t.base())).body(Full::new(Bytes::new())).expect("req");
+    let req = http::Request::get(format!("{}/stream-bytes?mb=100", t.base()))
+        .body(Full::new(Bytes::new()))
+        .expect("req");
     let resp = client().request(req).await.expect("resp");
     let mut body = resp.into_body();
     let mut total = 0u64;
@@ -341,7 +517,11 @@ async fn a_100_mb_stream_passes_with_flat_memory() {
     }
     assert_eq!(total, 100 << 20);
     let growth = peak.saturating_sub(before);
-    assert!(growth < 48 << 20, "RSS grew by {} MiB while streaming 100 MiB", growth >> 20);
+    assert!(
+        growth < 48 << 20,
+        "RSS grew by {} MiB while streaming 100 MiB",
+        growth >> 20
+    );
     t.running.shutdown().await;
 }
 
@@ -351,13 +531,24 @@ async fn a_large_llm_answer_is_captured_up_to_the_cap() {
     let mut cfg = config_for(&up.url(), None);
     cfg.limits.capture_bytes = 300;
     let t = tap_with(cfg).await;
-    let (s, _, b) = send(&client(), post_json(&format!("{}/v1/chat/completions", t.base()), &chat_body("gpt-4o", "long please", true))).await;
+    let (s, _, b) = send(
+        &client(),
+        post_json(
+            &format!("{}/v1/chat/completions", t.base()),
+            &chat_body("gpt-4o", "long please", true),
+        ),
+    )
+    .await;
     assert_eq!(s, 200);
     assert!(b.len() > 300);
     let r = t.next_record();
     assert!(r.capture_truncated);
     assert_eq!(r.response_bytes, b.len() as u64);
-    assert!(r.parse_anomaly.is_none(), "a capped capture is not an anomaly: {:?}", r.parse_anomaly);
+    assert!(
+        r.parse_anomaly.is_none(),
+        "a capped capture is not an anomaly: {:?}",
+        r.parse_anomaly
+    );
     t.running.shutdown().await;
 }
 
@@ -366,16 +557,45 @@ async fn unknown_paths_are_plain_passthrough_and_counted() {
     let up = MockUpstream::start().await.expect("mock");
     let t = tap(&up.url()).await;
     let c = client();
-    let (s, _, b) = send(&c, http::Request::get(format!("{}/no/such/thing", t.base())).body(Full::new(Bytes::new())).expect("req")).await;
-    let direct = send(&c, http::Request::get(format!("{}/no/such/thing", up.url())).body(Full::new(Bytes::new())).expect("req")).await;
+    let (s, _, b) = send(
+        &c,
+        http::Request::get(format!("{}/no/such/thing", t.base()))
+            .body(Full::new(Bytes::new()))
+            .expect("req"),
+    )
+    .await;
+    let direct = send(
+        &c,
+        http::Request::get(format!("{}/no/such/thing", up.url()))
+            .body(Full::new(Bytes::new()))
+            .expect("req"),
+    )
+    .await;
     assert_eq!(s, 404);
     assert_eq!(b, direct.2);
-    let (s, _, _) = send(&c, http::Request::get(format!("{}/v1/models", t.base())).body(Full::new(Bytes::new())).expect("req")).await;
+    let (s, _, _) = send(
+        &c,
+        http::Request::get(format!("{}/v1/models", t.base()))
+            .body(Full::new(Bytes::new()))
+            .expect("req"),
+    )
+    .await;
     assert!(s == 404 || s == 200);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(t.records.try_recv().is_err(), "plain traffic makes no exchange record");
+    assert!(
+        t.records.try_recv().is_err(),
+        "plain traffic makes no exchange record"
+    );
     let m = get_text(&format!("{}/metrics", t.admin())).await.1;
-    assert_eq!(prom_sum(&m, "semtap_requests_total", &["gen_ai_operation_name=\"http\""]), 2.0, "{m}");
+    assert_eq!(
+        prom_sum(
+            &m,
+            "semtap_requests_total",
+            &["gen_ai_operation_name=\"http\""]
+        ),
+        2.0,
+        "{m}"
+    );
     t.running.shutdown().await;
 }
 
@@ -389,11 +609,25 @@ async fn metrics_count_exactly_the_requests_sent() {
     for i in 0..30 {
         let stream = i % 2 == 0;
         if i % 3 == 0 {
-            send(&c, post_json(&format!("{}/v1/messages", t.base()), &messages_body("claude-sonnet-4-5", "hi", stream))).await;
+            send(
+                &c,
+                post_json(
+                    &format!("{}/v1/messages", t.base()),
+                    &messages_body("claude-sonnet-4-5", "hi", stream),
+                ),
+            )
+            .await;
             n_msgs += 1;
         } else {
-            let req = post_json(&format!("{}/v1/chat/completions", t.base()), &chat_body("gpt-4o-mini", "hi", stream));
-            let req = if i % 5 == 0 { with_header(req, "x-mock-fault", "status=500") } else { req };
+            let req = post_json(
+                &format!("{}/v1/chat/completions", t.base()),
+                &chat_body("gpt-4o-mini", "hi", stream),
+            );
+            let req = if i % 5 == 0 {
+                with_header(req, "x-mock-fault", "status=500")
+            } else {
+                req
+            };
             send(&c, req).await;
             n_chat += 1;
         }
@@ -403,10 +637,37 @@ async fn metrics_count_exactly_the_requests_sent() {
     }
     let m = get_text(&format!("{}/metrics", t.admin())).await.1;
     assert_eq!(prom_sum(&m, "semtap_requests_total", &[]), 30.0);
-    assert_eq!(prom_sum(&m, "gen_ai_client_operation_duration_seconds_count", &["gen_ai_provider_name=\"openai\""]), n_chat as f64);
-    assert_eq!(prom_sum(&m, "gen_ai_client_operation_duration_seconds_count", &["gen_ai_provider_name=\"anthropic\""]), n_msgs as f64);
-    assert_eq!(prom_sum(&m, "gen_ai_client_operation_duration_seconds_count", &["error_type=\"server_error\""]), 4.0);
-    assert!(prom_sum(&m, "gen_ai_client_token_usage_count", &["gen_ai_token_type=\"output\""]) >= 26.0);
+    assert_eq!(
+        prom_sum(
+            &m,
+            "gen_ai_client_operation_duration_seconds_count",
+            &["gen_ai_provider_name=\"openai\""]
+        ),
+        n_chat as f64
+    );
+    assert_eq!(
+        prom_sum(
+            &m,
+            "gen_ai_client_operation_duration_seconds_count",
+            &["gen_ai_provider_name=\"anthropic\""]
+        ),
+        n_msgs as f64
+    );
+    assert_eq!(
+        prom_sum(
+            &m,
+            "gen_ai_client_operation_duration_seconds_count",
+            &["error_type=\"server_error\""]
+        ),
+        4.0
+    );
+    assert!(
+        prom_sum(
+            &m,
+            "gen_ai_client_token_usage_count",
+            &["gen_ai_token_type=\"output\""]
+        ) >= 26.0
+    );
     assert!(prom_sum(&m, "semtap_time_to_first_token_seconds_count", &[]) >= 13.0);
     assert!(m.contains("gen_ai_client_operation_time_to_first_chunk_seconds_bucket"));
     assert!(m.contains("gen_ai_client_operation_time_per_output_chunk_seconds_bucket"));
@@ -424,7 +685,14 @@ async fn metrics_count_exactly_the_requests_sent() {
 async fn h2c_clients_are_served() {
     let up = MockUpstream::start().await.expect("mock");
     let t = tap(&up.url()).await;
-    let (s, _, b) = send(&h2c_client(), post_json(&format!("{}/v1/chat/completions", t.base()), &chat_body("gpt-4o", "h2", true))).await;
+    let (s, _, b) = send(
+        &h2c_client(),
+        post_json(
+            &format!("{}/v1/chat/completions", t.base()),
+            &chat_body("gpt-4o", "h2", true),
+        ),
+    )
+    .await;
     assert_eq!(s, 200);
     assert!(String::from_utf8_lossy(&b).contains("[DONE]"));
     let r = t.next_record();
@@ -437,13 +705,35 @@ async fn gzip_answers_are_forwarded_compressed_and_analysed_decompressed() {
     let up = MockUpstream::start().await.expect("mock");
     let t = tap(&up.url()).await;
     let c = client();
-    let mk = |base: &str| with_header(with_header(post_json(&format!("{base}/v1/chat/completions"), &chat_body("gpt-4o", "zip it", false)), "x-mock-fault", "gzip"), "accept-encoding", "gzip");
+    let mk = |base: &str| {
+        with_header(
+            with_header(
+                post_json(
+                    &format!("{base}/v1/chat/completions"),
+                    &chat_body("gpt-4o", "zip it", false),
+                ),
+                "x-mock-fault",
+                "gzip",
+            ),
+            "accept-encoding",
+            "gzip",
+        )
+    };
     let direct = send(&c, mk(&up.url())).await;
     let tapped = send(&c, mk(&t.base())).await;
-    assert_eq!(tapped.1.get("content-encoding").and_then(|v| v.to_str().ok()), Some("gzip"));
+    assert_eq!(
+        tapped
+            .1
+            .get("content-encoding")
+            .and_then(|v| v.to_str().ok()),
+        Some("gzip")
+    );
     assert_eq!(direct.2.len(), tapped.2.len(), "still compressed");
     let r = t.next_record();
-    assert!(!r.response.is_empty(), "analysis saw the decompressed answer");
+    assert!(
+        !r.response.is_empty(),
+        "analysis saw the decompressed answer"
+    );
     assert!(r.parse_anomaly.is_none());
     t.running.shutdown().await;
 }
@@ -452,7 +742,14 @@ async fn gzip_answers_are_forwarded_compressed_and_analysed_decompressed() {
 async fn missing_usage_is_estimated_and_marked() {
     let up = MockUpstream::start().await.expect("mock");
     let t = tap(&up.url()).await;
-    let req = with_header(post_json(&format!("{}/v1/chat/completions", t.base()), &chat_body("llama3", "count me", true)), "x-mock-fault", "no_usage");
+    let req = with_header(
+        post_json(
+            &format!("{}/v1/chat/completions", t.base()),
+            &chat_body("llama3", "count me", true),
+        ),
+        "x-mock-fault",
+        "no_usage",
+    );
     send(&client(), req).await;
     let r = t.next_record();
     assert!(r.usage.estimated);
@@ -465,7 +762,9 @@ async fn websocket_upgrades_are_forwarded_untouched() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = MockUpstream::start().await.expect("mock");
     let t = tap(&up.url()).await;
-    let mut s = tokio::net::TcpStream::connect(t.addr).await.expect("connect");
+    let mut s = tokio::net::TcpStream::connect(t.addr)
+        .await
+        .expect("connect");
     let req = format!(
         "GET /v1/realtime?model=gpt-realtime HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
         t.addr
@@ -474,18 +773,27 @@ async fn websocket_upgrades_are_forwarded_untouched() {
     let mut buf = vec![0u8; 4096];
     let mut got = Vec::new();
     while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("101 in time").expect("read");
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("101 in time")
+            .expect("read");
         assert!(n > 0, "closed before 101");
         got.extend_from_slice(&buf[..n]);
     }
     let head = String::from_utf8_lossy(&got).to_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
-    assert!(head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
     let payload: Vec<u8> = (0..=255u8).collect();
     s.write_all(&payload).await.expect("write payload");
     let mut echoed = Vec::new();
     while echoed.len() < payload.len() {
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("echo in time").expect("read");
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("echo in time")
+            .expect("read");
         assert!(n > 0);
         echoed.extend_from_slice(&buf[..n]);
     }
@@ -505,7 +813,11 @@ async fn full_queue_drops_records_not_requests() {
     for _ in 0..64 {
         let c = c.clone();
         let url = format!("{}/v1/chat/completions", t.base());
-        tasks.push(tokio::spawn(async move { send(&c, post_json(&url, &chat_body("gpt-4o", "burst", false))).await.0 }));
+        tasks.push(tokio::spawn(async move {
+            send(&c, post_json(&url, &chat_body("gpt-4o", "burst", false)))
+                .await
+                .0
+        }));
     }
     for task in tasks {
         assert_eq!(task.await.expect("join"), 200, "every request is served");
@@ -513,7 +825,10 @@ async fn full_queue_drops_records_not_requests() {
     let stats = t.running.pipeline.stats();
     let m = get_text(&format!("{}/metrics", t.admin())).await.1;
     assert_eq!(prom_sum(&m, "semtap_requests_total", &[]), 64.0);
-    assert_eq!(prom_sum(&m, "semtap_records_dropped_total", &[]), stats.dropped as f64);
+    assert_eq!(
+        prom_sum(&m, "semtap_records_dropped_total", &[]),
+        stats.dropped as f64
+    );
     t.running.shutdown().await;
 }
 

@@ -45,7 +45,12 @@ pub fn assemble(c: Capture, decompressed_cap: usize) -> ExchangeRecord {
     let mut anomalies: Vec<String> = Vec::new();
 
     // Request.
-    let req_body = decode(&c.request, c.request_encoding.as_deref(), decompressed_cap, &mut anomalies);
+    let req_body = decode(
+        &c.request,
+        c.request_encoding.as_deref(),
+        decompressed_cap,
+        &mut anomalies,
+    );
     if !req_body.is_empty() {
         match protocol::parse_request(c.route.api, &req_body) {
             Ok(info) => {
@@ -66,14 +71,20 @@ pub fn assemble(c: Capture, decompressed_cap: usize) -> ExchangeRecord {
     }
 
     // Response.
-    let is_sse = c
-        .response_content_type
-        .as_deref()
-        .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+    let is_sse = c.response_content_type.as_deref().is_some_and(|t| {
+        t.trim_start()
+            .to_ascii_lowercase()
+            .starts_with("text/event-stream")
+    });
     if is_sse {
         rec.stream = true;
     }
-    let resp_body = decode(&c.response, c.response_encoding.as_deref(), decompressed_cap, &mut anomalies);
+    let resp_body = decode(
+        &c.response,
+        c.response_encoding.as_deref(),
+        decompressed_cap,
+        &mut anomalies,
+    );
     let info: ResponseInfo = if c.status == 0 || (resp_body.is_empty() && c.response.total == 0) {
         ResponseInfo::default()
     } else {
@@ -94,7 +105,10 @@ pub fn assemble(c: Capture, decompressed_cap: usize) -> ExchangeRecord {
     rec.usage = info.usage.clone();
 
     // Timings from chunk arrival. Offsets are only meaningful on the uncompressed wire bytes.
-    let identity = c.response_encoding.as_deref().is_none_or(|e| e.eq_ignore_ascii_case("identity"));
+    let identity = c
+        .response_encoding
+        .as_deref()
+        .is_none_or(|e| e.eq_ignore_ascii_case("identity"));
     if rec.stream && identity {
         if let Some(first) = info.first_event_end {
             rec.time_to_first_chunk_ms = arrival_ms(&c.chunk_times, first as u64);
@@ -118,23 +132,38 @@ pub fn assemble(c: Capture, decompressed_cap: usize) -> ExchangeRecord {
 
     // Errors.
     rec.error_type = if c.status >= 400 {
-        Some(info.error_type.clone().unwrap_or_else(|| c.status.to_string()))
+        Some(
+            info.error_type
+                .clone()
+                .unwrap_or_else(|| c.status.to_string()),
+        )
     } else if c.outcome != Outcome::Complete {
         Some(c.error_detail.unwrap_or(c.outcome.as_str()).to_string())
     } else if info.error_type.is_some() {
         info.error_type.clone()
-    } else if rec.stream && is_sse && !info.stream_complete && !c.response.truncated && c.status < 300 {
+    } else if rec.stream
+        && is_sse
+        && !info.stream_complete
+        && !c.response.truncated
+        && c.status < 300
+    {
         Some("stream_incomplete".to_string())
     } else {
         None
     };
-    if c.outcome == Outcome::StreamInterrupted && !rec.finish_reasons.iter().any(|f| f == "stream_interrupted") {
+    if c.outcome == Outcome::StreamInterrupted
+        && !rec.finish_reasons.iter().any(|f| f == "stream_interrupted")
+    {
         // Downstream detectors treat a cut stream as truncated.
         rec.finish_reasons.push("stream_interrupted".to_string());
     }
 
     // Usage: count output tokens when the upstream did not.
-    if c.status < 300 && rec.api != Api::Embeddings && rec.api != Api::Other && rec.usage.output_tokens.is_none() {
+    if c.status < 300
+        && rec.api != Api::Embeddings
+        && rec.api != Api::Other
+        && rec.usage.output_tokens.is_none()
+    {
         let mut n = estimate_tokens(&rec.response);
         for t in &rec.tool_calls {
             n += estimate_tokens(&t.name) + estimate_tokens(&t.arguments);
@@ -188,7 +217,12 @@ fn content_chunk_gaps(times: &[(u64, u64)], content_ends: &[usize]) -> Vec<f32> 
 
 /// The analysis copy of a body, decompressed up to `cap` bytes. A body that fails to
 /// decompress part-way keeps what came out before the failure.
-fn decode(body: &CapturedBody, encoding: Option<&str>, cap: usize, anomalies: &mut Vec<String>) -> Vec<u8> {
+fn decode(
+    body: &CapturedBody,
+    encoding: Option<&str>,
+    cap: usize,
+    anomalies: &mut Vec<String>,
+) -> Vec<u8> {
     let enc = encoding.map(|e| e.trim().to_ascii_lowercase());
     let bytes = body.bytes.as_slice();
     let reader: Box<dyn Read> = match enc.as_deref() {
@@ -196,7 +230,10 @@ fn decode(body: &CapturedBody, encoding: Option<&str>, cap: usize, anomalies: &m
         Some("gzip") | Some("x-gzip") => Box::new(flate2::read::MultiGzDecoder::new(bytes)),
         Some("deflate") => {
             // RFC 9110 deflate is zlib-wrapped; some servers send raw deflate.
-            if bytes.len() >= 2 && (u16::from(bytes[0]) << 8 | u16::from(bytes[1])) % 31 == 0 && bytes[0] & 0x0f == 8 {
+            if bytes.len() >= 2
+                && (u16::from(bytes[0]) << 8 | u16::from(bytes[1])) % 31 == 0
+                && bytes[0] & 0x0f == 8
+            {
                 Box::new(flate2::read::ZlibDecoder::new(bytes))
             } else {
                 Box::new(flate2::read::DeflateDecoder::new(bytes))
@@ -233,8 +270,17 @@ pub fn parse_traceparent(v: &str) -> Option<TraceParent> {
     let trace_id = parts.next()?;
     let parent = parts.next()?;
     let flags = parts.next()?;
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
-    if !hex(version, 2) || version == "ff" || !hex(trace_id, 32) || !hex(parent, 16) || !hex(flags, 2) {
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    };
+    if !hex(version, 2)
+        || version == "ff"
+        || !hex(trace_id, 32)
+        || !hex(parent, 16)
+        || !hex(flags, 2)
+    {
         return None;
     }
     if trace_id.bytes().all(|b| b == b'0') || parent.bytes().all(|b| b == b'0') {
@@ -254,7 +300,13 @@ pub fn parse_traceparent(v: &str) -> Option<TraceParent> {
 pub fn estimate_tokens(text: &str) -> u64 {
     let mut n = 0u64;
     let mut word_len = 0usize;
-    let flush = |len: usize| if len == 0 { 0 } else { len.div_ceil(4).max(1) as u64 };
+    let flush = |len: usize| {
+        if len == 0 {
+            0
+        } else {
+            len.div_ceil(4).max(1) as u64
+        }
+    };
     for ch in text.chars() {
         if ch.is_alphanumeric() {
             word_len += 1;
@@ -279,9 +331,13 @@ mod tests {
     fn traceparent_valid_and_invalid() {
         let tp = parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         assert_eq!(tp.as_ref().map(|t| t.sampled), Some(true));
-        assert!(parse_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
+        assert!(
+            parse_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none()
+        );
         assert!(parse_traceparent("garbage").is_none());
-        assert!(parse_traceparent("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01").is_none());
+        assert!(
+            parse_traceparent("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01").is_none()
+        );
     }
 
     #[test]
@@ -308,11 +364,24 @@ mod tests {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         let _ = enc.write_all(b"{\"hello\":\"world\"}");
         let gz = enc.finish().unwrap_or_default();
-        let body = CapturedBody { bytes: gz, total: 0, truncated: false, _budget: Default::default() };
+        let body = CapturedBody {
+            bytes: gz,
+            total: 0,
+            truncated: false,
+            _budget: Default::default(),
+        };
         let mut an = Vec::new();
-        assert_eq!(decode(&body, Some("gzip"), 1 << 20, &mut an), b"{\"hello\":\"world\"}");
+        assert_eq!(
+            decode(&body, Some("gzip"), 1 << 20, &mut an),
+            b"{\"hello\":\"world\"}"
+        );
         assert!(an.is_empty());
-        let bad = CapturedBody { bytes: b"not gzip".to_vec(), total: 8, truncated: false, _budget: Default::default() };
+        let bad = CapturedBody {
+            bytes: b"not gzip".to_vec(),
+            total: 8,
+            truncated: false,
+            _budget: Default::default(),
+        };
         let out = decode(&bad, Some("gzip"), 1 << 20, &mut an);
         assert!(out.is_empty());
         assert_eq!(an.len(), 1);
@@ -324,7 +393,12 @@ mod tests {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
         let _ = enc.write_all(&vec![b'a'; 10 << 20]);
         let gz = enc.finish().unwrap_or_default();
-        let body = CapturedBody { bytes: gz, total: 0, truncated: false, _budget: Default::default() };
+        let body = CapturedBody {
+            bytes: gz,
+            total: 0,
+            truncated: false,
+            _budget: Default::default(),
+        };
         let out = decode(&body, Some("gzip"), 1 << 20, &mut Vec::new());
         assert_eq!(out.len(), 1 << 20);
     }

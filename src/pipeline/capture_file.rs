@@ -123,7 +123,10 @@ impl Writer {
     fn rotate(&mut self) -> std::io::Result<()> {
         self.out.flush()?;
         if self.keep == 0 {
-            let f = OpenOptions::new().write(true).truncate(true).open(&self.path)?;
+            let f = OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&self.path)?;
             self.out = BufWriter::new(f);
             self.size = 0;
             return Ok(());

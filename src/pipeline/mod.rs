@@ -219,7 +219,10 @@ fn run_worker(
 ) {
     let depth_gauge = shared.metrics.gauge("semtap.analysis.queue_depth", &[]);
     while let Ok(capture) = rx.recv() {
-        let depth = shared.depth.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        let depth = shared
+            .depth
+            .fetch_sub(1, Ordering::Relaxed)
+            .saturating_sub(1);
         depth_gauge.set(depth as f64);
         let record = assemble::assemble(capture, decompressed_cap);
         shared.metrics.record_exchange(&record);

@@ -48,10 +48,12 @@ impl CaptureBudget {
             if cur.saturating_add(n) > self.limit {
                 return false;
             }
-            match self
-                .used
-                .compare_exchange_weak(cur, cur + n, Ordering::Relaxed, Ordering::Relaxed)
-            {
+            match self.used.compare_exchange_weak(
+                cur,
+                cur + n,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return true,
                 Err(v) => cur = v,
             }
@@ -201,8 +203,11 @@ pub struct Exchange {
     pub submitter: Option<Submitter>,
     /// Released when the exchange ends (in-flight limit).
     pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    pub on_finish: Option<Box<dyn FnOnce(&Capture) + Send>>,
+    pub on_finish: Option<OnFinish>,
 }
+
+/// Called once when an exchange ends, before its capture goes to analysis (plain counters).
+pub type OnFinish = Box<dyn FnOnce(&Capture) + Send>;
 
 impl Exchange {
     /// Closes the exchange: counts it and hands the capture to analysis (never waits).
@@ -314,9 +319,9 @@ impl Body for TapBody {
                 // Idle timeout between chunks: one timer, re-armed lazily from the last activity.
                 loop {
                     let deadline = this.last_activity + this.idle;
-                    let sleep = this.sleep.get_or_insert_with(|| {
-                        Box::pin(tokio::time::sleep_until(deadline.into()))
-                    });
+                    let sleep = this
+                        .sleep
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
                     if sleep.deadline() != tokio::time::Instant::from_std(deadline) {
                         sleep.as_mut().reset(deadline.into());
                     }
@@ -325,7 +330,9 @@ impl Body for TapBody {
                         Poll::Ready(()) => {
                             if this.last_activity + this.idle <= Instant::now() {
                                 this.finish(Outcome::StreamInterrupted, Some("idle_timeout"));
-                                return Poll::Ready(Some(Err("semtap: upstream idle timeout".into())));
+                                return Poll::Ready(Some(Err(
+                                    "semtap: upstream idle timeout".into()
+                                )));
                             }
                         }
                     }
@@ -354,4 +361,3 @@ impl Drop for TapBody {
         }
     }
 }
-

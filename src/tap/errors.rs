@@ -12,7 +12,12 @@ use crate::record::Provider;
 pub const SEMTAP_ERROR_HEADER: &str = "x-semtap-error";
 
 /// A JSON error response shaped like `provider`'s own errors.
-pub fn error_response(provider: Provider, status: StatusCode, kind: &'static str, message: &str) -> Response<ProxyBody> {
+pub fn error_response(
+    provider: Provider,
+    status: StatusCode,
+    kind: &'static str,
+    message: &str,
+) -> Response<ProxyBody> {
     let message = format!("semtap: {message}");
     let body = match provider {
         Provider::Anthropic => {
@@ -28,10 +33,17 @@ pub fn error_response(provider: Provider, status: StatusCode, kind: &'static str
         }),
     };
     let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-    let mut resp = Response::new(Full::new(bytes).map_err(|never| match never {}).boxed_unsync());
+    let mut resp = Response::new(
+        Full::new(bytes)
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h.insert(SEMTAP_ERROR_HEADER, HeaderValue::from_static(kind));
     resp
 }

@@ -71,7 +71,10 @@ impl Drop for PendingGuard {
 }
 
 /// Handles one request from the app.
-pub async fn handle(ctx: Arc<ListenerCtx>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+pub async fn handle(
+    ctx: Arc<ListenerCtx>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let started_at_ms = now_ms();
     let (mut parts, body) = req.into_parts();
@@ -83,17 +86,20 @@ pub async fn handle(ctx: Arc<ListenerCtx>, req: Request<Incoming>) -> Result<Res
         parts.headers.contains_key("anthropic-version"),
     );
     let provider_for_errors = if route.provider == Provider::Unknown {
-        ctx.provider_hint.unwrap_or(if parts.headers.contains_key("anthropic-version") {
-            Provider::Anthropic
-        } else {
-            Provider::OpenAi
-        })
+        ctx.provider_hint
+            .unwrap_or(if parts.headers.contains_key("anthropic-version") {
+                Provider::Anthropic
+            } else {
+                Provider::OpenAi
+            })
     } else {
         route.provider
     };
 
     let Ok(permit) = ctx.inflight.clone().try_acquire_owned() else {
-        ctx.metrics.counter("semtap.rejected", &[("reason", "max_in_flight")]).inc();
+        ctx.metrics
+            .counter("semtap.rejected", &[("reason", "max_in_flight")])
+            .inc();
         return Ok(error_response(
             provider_for_errors,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -120,7 +126,12 @@ pub async fn handle(ctx: Arc<ListenerCtx>, req: Request<Incoming>) -> Result<Res
     {
         Ok(u) => u,
         Err(_) => {
-            return Ok(error_response(provider_for_errors, StatusCode::BAD_REQUEST, "bad_request", "request path cannot be forwarded"));
+            return Ok(error_response(
+                provider_for_errors,
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "request path cannot be forwarded",
+            ));
         }
     };
 
@@ -139,13 +150,18 @@ pub async fn handle(ctx: Arc<ListenerCtx>, req: Request<Incoming>) -> Result<Res
     parts.version = Version::HTTP_11;
     parts.extensions = http::Extensions::new();
 
-    let cap = if analysed { ctx.limits.capture_bytes } else { 0 };
-    let request_capture = analysed.then(|| Arc::new(Mutex::new(CaptureBuf::new(cap, Some(ctx.budget.clone())))));
+    let cap = if analysed {
+        ctx.limits.capture_bytes
+    } else {
+        0
+    };
+    let request_capture =
+        analysed.then(|| Arc::new(Mutex::new(CaptureBuf::new(cap, Some(ctx.budget.clone())))));
     let up_req = Request::from_parts(parts, RequestTee::new(body, request_capture.clone()));
     let method = up_req.method().to_string();
 
     let metrics = ctx.metrics.clone();
-    let on_finish: Box<dyn FnOnce(&Capture) + Send> = Box::new(move |c: &Capture| {
+    let on_finish: super::body::OnFinish = Box::new(move |c: &Capture| {
         metrics.record_request(
             &c.listener,
             c.route.provider.as_str(),
@@ -188,14 +204,29 @@ pub async fn handle(ctx: Arc<ListenerCtx>, req: Request<Incoming>) -> Result<Res
         Ok(Err(e)) => {
             let timeout = is_connect_timeout(&e);
             let (status, kind, outcome) = if timeout {
-                (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", Outcome::UpstreamTimeout)
+                (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_timeout",
+                    Outcome::UpstreamTimeout,
+                )
             } else {
-                (StatusCode::BAD_GATEWAY, "upstream_unreachable", Outcome::UpstreamUnreachable)
+                (
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_unreachable",
+                    Outcome::UpstreamUnreachable,
+                )
             };
             let what = if e.is_connect() { "connect" } else { "request" };
             tracing::warn!(listener = %ctx.name, upstream = %ctx.upstream, error = %error_chain(&e), "upstream {what} failed");
-            ctx.metrics.counter("semtap.upstream_errors", &[("kind", kind)]).inc();
-            let resp = error_response(provider_for_errors, status, kind, &format!("upstream {what} failed"));
+            ctx.metrics
+                .counter("semtap.upstream_errors", &[("kind", kind)])
+                .inc();
+            let resp = error_response(
+                provider_for_errors,
+                status,
+                kind,
+                &format!("upstream {what} failed"),
+            );
             if let Some(mut ex) = guard.0.take() {
                 ex.capture.status = status.as_u16();
                 ex.finish(outcome, None);
@@ -204,8 +235,15 @@ pub async fn handle(ctx: Arc<ListenerCtx>, req: Request<Incoming>) -> Result<Res
         }
         Err(_) => {
             tracing::warn!(listener = %ctx.name, upstream = %ctx.upstream, "upstream did not answer within limits.response_timeout");
-            ctx.metrics.counter("semtap.upstream_errors", &[("kind", "upstream_timeout")]).inc();
-            let resp = error_response(provider_for_errors, StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "upstream did not answer in time");
+            ctx.metrics
+                .counter("semtap.upstream_errors", &[("kind", "upstream_timeout")])
+                .inc();
+            let resp = error_response(
+                provider_for_errors,
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "upstream did not answer in time",
+            );
             if let Some(mut ex) = guard.0.take() {
                 ex.capture.status = 504;
                 ex.finish(Outcome::UpstreamTimeout, None);
@@ -215,7 +253,12 @@ pub async fn handle(ctx: Arc<ListenerCtx>, req: Request<Incoming>) -> Result<Res
     };
 
     let Some(mut ex) = guard.0.take() else {
-        return Ok(error_response(provider_for_errors, StatusCode::INTERNAL_SERVER_ERROR, "internal", "exchange state lost"));
+        return Ok(error_response(
+            provider_for_errors,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "exchange state lost",
+        ));
     };
     ex.capture.upstream_headers_after = Some(started.elapsed());
     ex.capture.status = resp.status().as_u16();
@@ -267,7 +310,10 @@ fn switch_protocols(
             }
         }
     });
-    Response::from_parts(rparts, Empty::new().map_err(|never| match never {}).boxed_unsync())
+    Response::from_parts(
+        rparts,
+        Empty::new().map_err(|never| match never {}).boxed_unsync(),
+    )
 }
 
 /// Remaining request/token budget from OpenAI's or Anthropic's rate-limit headers.

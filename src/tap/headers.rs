@@ -33,7 +33,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let te_trailers = headers
         .get(TE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
     headers.remove(TE);
     if te_trailers {
         headers.insert(TE, http::HeaderValue::from_static("trailers"));
@@ -47,7 +50,10 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
             .get_all(CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
 }
 
 /// A header's value as text, cut to `max` bytes (for route names and similar labels).
@@ -76,7 +82,10 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_listed_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-private"));
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-private", HeaderValue::from_static("1"));
         h.insert("x-kept", HeaderValue::from_static("1"));

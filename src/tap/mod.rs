@@ -63,19 +63,26 @@ const CAPTURE_BUDGET: usize = 256 << 20;
 
 impl Tap {
     /// Binds every listener and starts accepting.
-    pub async fn start(cfg: &Config, metrics: Arc<Metrics>, submitter: Submitter) -> Result<Tap, TapError> {
-        let client = upstream::build_client(cfg.limits.connect_timeout).map_err(TapError::Client)?;
+    pub async fn start(
+        cfg: &Config,
+        metrics: Arc<Metrics>,
+        submitter: Submitter,
+    ) -> Result<Tap, TapError> {
+        let client =
+            upstream::build_client(cfg.limits.connect_timeout).map_err(TapError::Client)?;
         let inflight = Arc::new(Semaphore::new(cfg.limits.max_in_flight));
         let budget = CaptureBudget::new(CAPTURE_BUDGET);
         let (stop, _) = watch::channel(false);
         let mut listeners = Vec::new();
         let mut accept_loops = Vec::new();
         for l in &cfg.listeners {
-            let tcp = TcpListener::bind(l.listen).await.map_err(|source| TapError::Bind {
-                name: l.name.clone(),
-                addr: l.listen,
-                source,
-            })?;
+            let tcp = TcpListener::bind(l.listen)
+                .await
+                .map_err(|source| TapError::Bind {
+                    name: l.name.clone(),
+                    addr: l.listen,
+                    source,
+                })?;
             let addr = tcp.local_addr().map_err(|source| TapError::Bind {
                 name: l.name.clone(),
                 addr: l.listen,
@@ -130,10 +137,17 @@ impl Tap {
     }
 }
 
-async fn accept_loop(tcp: TcpListener, ctx: Arc<ListenerCtx>, mut stop: watch::Receiver<bool>) -> GracefulShutdown {
+async fn accept_loop(
+    tcp: TcpListener,
+    ctx: Arc<ListenerCtx>,
+    mut stop: watch::Receiver<bool>,
+) -> GracefulShutdown {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().keep_alive(true).timer(hyper_util::rt::TokioTimer::new());
+    builder
+        .http1()
+        .keep_alive(true)
+        .timer(hyper_util::rt::TokioTimer::new());
     builder.http2().timer(hyper_util::rt::TokioTimer::new());
     loop {
         tokio::select! {

@@ -78,9 +78,16 @@ pub fn build_client(connect_timeout: Duration) -> Result<UpstreamClient, BoxErro
     http.set_nodelay(true);
     http.set_keepalive(Some(Duration::from_secs(60)));
     let matcher = Matcher::from_env();
-    let has_proxy = ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
+    let has_proxy = [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
     let egress = Egress {
         direct: http,
         proxy: has_proxy.then(|| Arc::new(matcher)),
@@ -114,7 +121,10 @@ pub fn build_client(connect_timeout: Duration) -> Result<UpstreamClient, BoxErro
 fn rustls_native_certs_or_empty() -> Vec<rustls::pki_types::CertificateDer<'static>> {
     let loaded = rustls_native_certs::load_native_certs();
     if !loaded.errors.is_empty() {
-        tracing::debug!(errors = loaded.errors.len(), "some system certificates could not be read");
+        tracing::debug!(
+            errors = loaded.errors.len(),
+            "some system certificates could not be read"
+        );
     }
     loaded.certs
 }

@@ -57,9 +57,15 @@ pub fn config_for(upstream: &str, provider: Option<Provider>) -> Config {
 
 pub async fn tap_with(cfg: Config) -> Tapped {
     let (sink, records) = ChannelSink::new(10_000);
-    let running = Running::start_with_sinks(&cfg, vec![sink]).await.expect("semtap starts");
+    let running = Running::start_with_sinks(&cfg, vec![sink])
+        .await
+        .expect("semtap starts");
     let addr = running.listener_addrs()[0];
-    Tapped { running, records, addr }
+    Tapped {
+        running,
+        records,
+        addr,
+    }
 }
 
 pub async fn tap(upstream: &str) -> Tapped {
@@ -71,7 +77,9 @@ pub fn client() -> HttpClient {
 }
 
 pub fn h2c_client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
 }
 
 pub fn post_json(url: &str, body: &serde_json::Value) -> http::Request<Full<Bytes>> {
@@ -81,17 +89,27 @@ pub fn post_json(url: &str, body: &serde_json::Value) -> http::Request<Full<Byte
     if url.contains("/messages") {
         b = b.header("anthropic-version", "2023-06-01");
     }
-    b.body(Full::new(Bytes::from(serde_json::to_vec(body).expect("json"))))
-        .expect("request")
+    b.body(Full::new(Bytes::from(
+        serde_json::to_vec(body).expect("json"),
+    )))
+    .expect("request")
 }
 
-pub fn with_header(mut req: http::Request<Full<Bytes>>, name: &'static str, value: &str) -> http::Request<Full<Bytes>> {
-    req.headers_mut().insert(name, value.parse().expect("header value"));
+pub fn with_header(
+    mut req: http::Request<Full<Bytes>>,
+    name: &'static str,
+    value: &str,
+) -> http::Request<Full<Bytes>> {
+    req.headers_mut()
+        .insert(name, value.parse().expect("header value"));
     req
 }
 
 /// Sends a request and returns status, headers and the whole body.
-pub async fn send(client: &HttpClient, req: http::Request<Full<Bytes>>) -> (u16, http::HeaderMap, Bytes) {
+pub async fn send(
+    client: &HttpClient,
+    req: http::Request<Full<Bytes>>,
+) -> (u16, http::HeaderMap, Bytes) {
     let resp = client.request(req).await.expect("response");
     let status = resp.status().as_u16();
     let (parts, body) = resp.into_parts();
@@ -100,7 +118,9 @@ pub async fn send(client: &HttpClient, req: http::Request<Full<Bytes>>) -> (u16,
 }
 
 pub async fn get_text(url: &str) -> (u16, String) {
-    let req = http::Request::get(url).body(Full::new(Bytes::new())).expect("request");
+    let req = http::Request::get(url)
+        .body(Full::new(Bytes::new()))
+        .expect("request");
     let (s, _, b) = send(&client(), req).await;
     (s, String::from_utf8_lossy(&b).into_owned())
 }
@@ -149,9 +169,11 @@ pub fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
         })
         .map(|kb| kb * 1024)
         .unwrap_or(0)

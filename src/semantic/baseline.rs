@@ -1,0 +1,266 @@
+//! A key's reference set: what its normal answers look like, learned during warm-up, and the
+//! calibrated scores new answers get against it (outlier, length, relevance).
+//!
+//! Scores are nonconformity values turned into conformal p-values against the reference's own
+//! leave-one-out values, so "p ≤ 0.005" means the same thing on every key.
+
+use serde::{Deserialize, Serialize};
+
+use super::conformal::p_value;
+
+/// Nearest neighbours in the kNN outlier score.
+pub const K: usize = 10;
+
+/// Weight of the length term next to the kNN term in the outlier nonconformity.
+const LENGTH_WEIGHT: f64 = 0.5;
+
+/// One reference answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefPoint {
+    /// Static-tier vector of the answer (unit length); empty when no model was loaded.
+    #[serde(default)]
+    pub vector: Vec<f32>,
+    /// ln(1 + output tokens).
+    pub log_len: f64,
+    /// cos(prompt, answer), when both were embedded.
+    #[serde(default)]
+    pub relevance: Option<f64>,
+}
+
+/// The reference set and the sorted statistics derived from it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Reference {
+    pub points: Vec<RefPoint>,
+    /// Target size; the reference is ready when `points.len() == size`.
+    pub size: usize,
+    /// Pinned references are never replaced automatically.
+    #[serde(default)]
+    pub pinned: bool,
+    #[serde(default)]
+    pub created_ms: u64,
+    #[serde(skip)]
+    stats: Option<Stats>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Stats {
+    knn_median: f64,
+    knn_mad: f64,
+    len_median: f64,
+    len_mad: f64,
+    outlier_sorted: Vec<f64>,
+    len_sorted: Vec<f64>,
+    relevance_sorted: Vec<f64>,
+}
+
+/// Scores of one answer against a ready reference.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RefScores {
+    /// Conformal p-value of the combined outlier nonconformity (small = unusual).
+    pub outlier_p: Option<f64>,
+    /// Two-sided conformal p-value of the answer length.
+    pub length_p: f64,
+    /// Lower-tail conformal p-value of prompt–answer relevance (small = off topic).
+    pub relevance_p: Option<f64>,
+    /// Mean cosine distance to the k nearest reference answers.
+    pub knn_distance: Option<f64>,
+}
+
+impl Reference {
+    /// An empty reference that becomes ready after `size` clean answers.
+    pub fn new(size: usize, now_ms: u64) -> Self {
+        Reference {
+            size: size.max(K + 2),
+            created_ms: now_ms,
+            ..Default::default()
+        }
+    }
+
+    /// True once warm-up is complete.
+    pub fn is_ready(&self) -> bool {
+        self.points.len() >= self.size
+    }
+
+    /// Adds a warm-up answer; computes the statistics when the set is complete.
+    pub fn learn(&mut self, p: RefPoint) {
+        if self.is_ready() {
+            return;
+        }
+        self.points.push(p);
+        if self.is_ready() {
+            self.finalize();
+        }
+    }
+
+    /// Recomputes derived statistics (after loading from disk).
+    pub fn finalize(&mut self) {
+        let n = self.points.len();
+        let has_vectors = n > K && self.points.iter().all(|p| !p.vector.is_empty());
+        let knn: Vec<f64> = if has_vectors {
+            (0..n)
+                .map(|i| knn_distance(&self.points[i].vector, self.points.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, p)| p.vector.as_slice())))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let lens: Vec<f64> = self.points.iter().map(|p| p.log_len).collect();
+        let (knn_median, knn_mad) = median_mad(&knn);
+        let (len_median, len_mad) = median_mad(&lens);
+        let mut stats = Stats {
+            knn_median,
+            knn_mad,
+            len_median,
+            len_mad,
+            ..Default::default()
+        };
+        let mut outlier: Vec<f64> = if has_vectors {
+            knn.iter()
+                .zip(&lens)
+                .map(|(&d, &l)| outlier_nonconformity(d, l, &stats))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        outlier.sort_by(f64::total_cmp);
+        let mut len_sorted: Vec<f64> = lens.iter().map(|&l| (l - len_median).abs() / len_mad).collect();
+        len_sorted.sort_by(f64::total_cmp);
+        let mut rel: Vec<f64> = self.points.iter().filter_map(|p| p.relevance).map(|r| -r).collect();
+        rel.sort_by(f64::total_cmp);
+        stats.outlier_sorted = outlier;
+        stats.len_sorted = len_sorted;
+        stats.relevance_sorted = rel;
+        self.stats = Some(stats);
+    }
+
+    /// Scores an answer. `None` until the reference is ready.
+    pub fn score(&self, vector: Option<&[f32]>, log_len: f64, relevance: Option<f64>, u: f64) -> Option<RefScores> {
+        let s = self.stats.as_ref()?;
+        let len_nc = (log_len - s.len_median).abs() / s.len_mad;
+        let length_p = p_value(&s.len_sorted, len_nc, u);
+        let (outlier_p, knn) = match vector {
+            Some(v) if !v.is_empty() && !s.outlier_sorted.is_empty() => {
+                let d = knn_distance(v, self.points.iter().map(|p| p.vector.as_slice()));
+                let nc = outlier_nonconformity(d, log_len, s);
+                (Some(p_value(&s.outlier_sorted, nc, u)), Some(d))
+            }
+            _ => (None, None),
+        };
+        let relevance_p = match relevance {
+            Some(r) if s.relevance_sorted.len() >= K => Some(p_value(&s.relevance_sorted, -r, u)),
+            _ => None,
+        };
+        Some(RefScores {
+            outlier_p,
+            length_p,
+            relevance_p,
+            knn_distance: knn,
+        })
+    }
+}
+
+fn outlier_nonconformity(knn: f64, log_len: f64, s: &Stats) -> f64 {
+    let zk = (knn - s.knn_median) / s.knn_mad;
+    let zl = (log_len - s.len_median).abs() / s.len_mad;
+    zk + LENGTH_WEIGHT * zl
+}
+
+/// Median and (scaled, floored) median absolute deviation.
+fn median_mad(xs: &[f64]) -> (f64, f64) {
+    if xs.is_empty() {
+        return (0.0, 1.0);
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let med = v[v.len() / 2];
+    let mut dev: Vec<f64> = v.iter().map(|x| (x - med).abs()).collect();
+    dev.sort_by(f64::total_cmp);
+    let mad = dev[dev.len() / 2] * 1.4826;
+    (med, mad.max(1e-3))
+}
+
+/// Mean cosine distance from `v` to its `K` nearest vectors (all unit length).
+pub fn knn_distance<'a>(v: &[f32], others: impl Iterator<Item = &'a [f32]>) -> f64 {
+    let mut best = [f32::NEG_INFINITY; K];
+    for o in others {
+        let c = dot(v, o);
+        if c > best[K - 1] {
+            let mut i = K - 1;
+            while i > 0 && best[i - 1] < c {
+                best[i] = best[i - 1];
+                i -= 1;
+            }
+            best[i] = c;
+        }
+    }
+    let found: Vec<f32> = best.iter().copied().filter(|c| c.is_finite()).collect();
+    if found.is_empty() {
+        return 1.0;
+    }
+    found.iter().map(|&c| 1.0 - f64::from(c)).sum::<f64>() / found.len() as f64
+}
+
+/// Dot product (cosine for unit vectors).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 8];
+    let chunks = n / 8;
+    for c in 0..chunks {
+        for l in 0..8 {
+            acc[l] += a[c * 8 + l] * b[c * 8 + l];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in chunks * 8..n {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::semantic::conformal::Uniforms;
+
+    fn unit(v: Vec<f32>) -> Vec<f32> {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        v.into_iter().map(|x| x / n).collect()
+    }
+
+    fn around(center: &[f32], u: &mut Uniforms, noise: f32) -> Vec<f32> {
+        unit(center.iter().map(|c| c + noise * (u.next_f64() as f32 - 0.5)).collect())
+    }
+
+    #[test]
+    fn normal_answers_score_uniform_and_strangers_score_tiny() {
+        let mut u = Uniforms::new(5);
+        let center: Vec<f32> = (0..16).map(|i| (i as f32).sin()).collect();
+        let mut r = Reference::new(200, 0);
+        for _ in 0..200 {
+            r.learn(RefPoint { vector: around(&center, &mut u, 0.8), log_len: 5.0 + u.next_f64(), relevance: Some(0.5) });
+        }
+        assert!(r.is_ready());
+        let mut small = 0;
+        for _ in 0..1000 {
+            let v = around(&center, &mut u, 0.8);
+            let s = r.score(Some(&v), 5.0 + u.next_f64(), Some(0.5), u.next_f64()).map(|s| s.outlier_p.unwrap_or(1.0)).unwrap_or(1.0);
+            if s <= 0.01 {
+                small += 1;
+            }
+        }
+        assert!(small < 30, "about 1% of normal answers at p ≤ 0.01: {small}");
+        let far: Vec<f32> = unit((0..16).map(|i| (i as f32 * 2.3).cos()).collect());
+        let s = r.score(Some(&far), 5.5, Some(0.5), 0.5).and_then(|s| s.outlier_p);
+        assert!(s.is_some_and(|p| p <= 0.01), "{s:?}");
+        let s = r.score(Some(&around(&center, &mut u, 0.8)), 1.0, Some(-0.9), 0.5);
+        assert!(s.is_some_and(|s| s.length_p <= 0.01 && s.relevance_p.is_some_and(|p| p <= 0.01)));
+    }
+
+    #[test]
+    fn knn_picks_the_nearest() {
+        let a = unit(vec![1.0, 0.0]);
+        let others = [unit(vec![1.0, 0.0]), unit(vec![0.0, 1.0])];
+        let d = knn_distance(&a, others.iter().map(|v| v.as_slice()));
+        assert!((d - 0.5).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,223 @@
+//! The engine on live traffic: a record sink with its own thread and bounded queue (records
+//! are dropped and counted when it falls behind; the tap never waits), the model loaded in the
+//! background (the engine runs degraded, cheap checks only, until it is ready), baselines saved
+//! to the state dir and reloaded on start.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::engine::{Analysis, Engine, EngineConfig};
+use super::incidents::IncidentEvent;
+use super::TextEmbedder;
+use crate::admin::Health;
+use crate::metrics::Metrics;
+use crate::pipeline::RecordSink;
+use crate::record::ExchangeRecord;
+
+/// Consumers of the engine's conclusions (exporters, webhooks, the demo, tests).
+pub trait AnalysisSink: Send + Sync {
+    /// One analysed exchange.
+    fn on_analysis(&self, record: &ExchangeRecord, analysis: &Analysis);
+    /// An incident opened or resolved.
+    fn on_incident(&self, event: &IncidentEvent);
+}
+
+/// How often baselines are written to the state dir.
+const SAVE_EVERY: Duration = Duration::from_secs(30);
+
+/// The live engine.
+pub struct SemanticSink {
+    tx: SyncSender<Msg>,
+    dropped: AtomicU64,
+    engine: Arc<Mutex<Engine>>,
+    metrics: Arc<Metrics>,
+    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+enum Msg {
+    Record(Arc<ExchangeRecord>),
+    Embedder(Arc<dyn TextEmbedder>),
+    Flush(SyncSender<()>),
+}
+
+/// Where the engine keeps its state.
+pub fn baselines_path(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("baselines.json")
+}
+
+impl SemanticSink {
+    /// Starts the engine thread. `state_dir` (if any) holds the saved baselines.
+    pub fn start(
+        cfg: EngineConfig,
+        queue: usize,
+        state_dir: Option<PathBuf>,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+        sinks: Vec<Arc<dyn AnalysisSink>>,
+    ) -> std::io::Result<Arc<SemanticSink>> {
+        let prefix = format!("{:08x}", rand::random::<u32>());
+        let engine = Arc::new(Mutex::new(Engine::new(cfg, None, &prefix)));
+        let (tx, rx) = mpsc::sync_channel(queue);
+        let worker = {
+            let engine = engine.clone();
+            let metrics = metrics.clone();
+            std::thread::Builder::new()
+                .name("semtap-semantic".into())
+                .spawn(move || run(rx, engine, metrics, health, sinks, state_dir))?
+        };
+        Ok(Arc::new(SemanticSink {
+            tx,
+            dropped: AtomicU64::new(0),
+            engine,
+            metrics,
+            worker: Mutex::new(Some(worker)),
+        }))
+    }
+
+    /// Switches on embedding-based analysis once the model is ready.
+    pub fn set_embedder(&self, e: Arc<dyn TextEmbedder>) {
+        // Blocking send: this happens once, and must not be dropped.
+        let _ = self.tx.send(Msg::Embedder(e));
+    }
+
+    /// The engine, for the admin API (pin, reset, list).
+    pub fn engine(&self) -> Arc<Mutex<Engine>> {
+        self.engine.clone()
+    }
+
+    /// Records dropped because the engine fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl RecordSink for SemanticSink {
+    fn accept(&self, record: &Arc<ExchangeRecord>) {
+        if self.tx.try_send(Msg::Record(record.clone())).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .counter("semtap.records_dropped", &[("reason", "semantic_queue_full")])
+                .inc();
+        }
+    }
+
+    fn flush(&self) {
+        let (tx, rx) = mpsc::sync_channel(1);
+        if self.tx.send(Msg::Flush(tx)).is_ok() {
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+        }
+        let _ = &self.worker;
+    }
+}
+
+fn run(
+    rx: Receiver<Msg>,
+    engine: Arc<Mutex<Engine>>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    sinks: Vec<Arc<dyn AnalysisSink>>,
+    state_dir: Option<PathBuf>,
+) {
+    let path = state_dir.as_deref().map(baselines_path);
+    let mut last_save = Instant::now();
+    let mut dirty = false;
+    let save = |engine: &Engine| {
+        if let Some(p) = &path {
+            if let Err(e) = engine.save(p) {
+                tracing::warn!(error = %e, path = %p.display(), "could not save baselines");
+            }
+        }
+    };
+    loop {
+        let msg = match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(m) => Some(m),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        match msg {
+            Some(Msg::Record(rec)) => {
+                let (analysis, events) = engine.lock().process(&rec);
+                dirty = true;
+                publish(&metrics, &sinks, &rec, &analysis, &events);
+            }
+            Some(Msg::Embedder(e)) => {
+                let tier = e.tier();
+                let mut eng = engine.lock();
+                let cfg = eng.config().clone();
+                let prefix = eng.id_prefix().to_string();
+                *eng = Engine::new(cfg, Some(e), &prefix);
+                if let Some(p) = &path {
+                    match eng.load(p) {
+                        Ok(n) if n > 0 => tracing::info!(keys = n, "baselines reloaded from the state dir"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "saved baselines unreadable; relearning"),
+                    }
+                }
+                health.set("semantic", "ok", format!("{tier} tier ready"));
+                metrics.gauge("semtap.semantic.degraded", &[]).set(0.0);
+            }
+            Some(Msg::Flush(done)) => {
+                save(&engine.lock());
+                let _ = done.send(());
+            }
+            None => {}
+        }
+        if dirty && last_save.elapsed() >= SAVE_EVERY {
+            save(&engine.lock());
+            last_save = Instant::now();
+            dirty = false;
+        }
+    }
+    save(&engine.lock());
+}
+
+fn publish(
+    metrics: &Metrics,
+    sinks: &[Arc<dyn AnalysisSink>],
+    rec: &ExchangeRecord,
+    analysis: &Analysis,
+    events: &[IncidentEvent],
+) {
+    for f in &analysis.flags {
+        metrics
+            .counter(
+                "semtap.flags",
+                &[
+                    ("flag", f),
+                    ("gen_ai.provider.name", rec.provider.as_str()),
+                    ("semtap.listener", rec.listener.as_str()),
+                ],
+            )
+            .inc();
+    }
+    metrics.counter("semtap.analysed", &[("tier", if analysis.scores.contains_key("outlier") || analysis.warming_up { "static" } else { "checks" })]).inc();
+    for ev in events {
+        let i = &ev.incident;
+        match ev.state {
+            "opened" => tracing::warn!(
+                incident = %i.id, kind = i.kind.as_str(), key = %i.key, severity = ?i.severity,
+                monitor = %i.evidence.monitor, score = i.evidence.score, threshold = i.evidence.threshold,
+                "incident opened"
+            ),
+            _ => tracing::info!(incident = %i.id, kind = i.kind.as_str(), key = %i.key, "incident resolved"),
+        }
+        let delta = if ev.state == "opened" { 1.0 } else { -1.0 };
+        metrics
+            .gauge("semtap.incidents.open", &[("kind", i.kind.as_str())])
+            .add(delta);
+        metrics
+            .counter("semtap.incidents", &[("kind", i.kind.as_str()), ("state", ev.state)])
+            .inc();
+    }
+    for s in sinks {
+        s.on_analysis(rec, analysis);
+        for ev in events {
+            s.on_incident(ev);
+        }
+    }
+}

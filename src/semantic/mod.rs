@@ -1,0 +1,25 @@
+//! The semantic engine: every response understood. Cheap checks and the static embedding
+//! tier run on every exchange; the transformer tier embeds what capacity allows.
+
+pub mod checks;
+pub mod model;
+pub mod static_tier;
+pub mod transformer;
+pub mod wordpiece;
+pub mod conformal;
+pub mod incidents;
+pub mod monitors;
+pub mod baseline;
+pub mod engine;
+
+/// Turns text into a unit vector. Implemented by the static tier (every response) and the
+/// transformer tier (replay, sampling, GPUs).
+pub trait TextEmbedder: Send + Sync {
+    /// The unit-length embedding of `text` (a zero vector for text with no tokens).
+    fn embed(&self, text: &str) -> Vec<f32>;
+    /// Vector width.
+    fn dim(&self) -> usize;
+    /// `static` or `transformer`.
+    fn tier(&self) -> &'static str;
+}
+pub mod live;
