@@ -101,6 +101,11 @@ async fn main() {
                     sender = Some(s);
                 }
                 let Some(s) = sender.as_mut() else { continue };
+                if s.ready().await.is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    sender = None;
+                    continue;
+                }
                 let method = if body.is_empty() {
                     http::Method::GET
                 } else {

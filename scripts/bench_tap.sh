@@ -39,6 +39,7 @@ PY
 mkdir -p "$WORK/www/v1/chat" "$WORK/www/v1/stream/chat"
 cp "$WORK/chat.json" "$WORK/www/v1/chat/completions"
 cp "$WORK/stream.sse" "$WORK/www/v1/stream/chat/completions"
+chmod -R a+rX "$WORK"
 
 cat > "$WORK/nginx.conf" <<NGX
 worker_processes 1;
@@ -72,6 +73,7 @@ RUST_LOG=warn "$TARGET/release/semtap" run --listen 127.0.0.1:18003 --upstream h
 echo $! > "$WORK/semtap.pid"
 sleep 1
 
+declare -A URL=([direct]=18001 [semtap]=18003 [nginx]=18002)
 cat > "$WORK/post.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -79,9 +81,15 @@ wrk.headers["Authorization"] = "Bearer sk-bench"
 local f = io.open(os.getenv("BODY"), "r"); wrk.body = f:read("*a"); f:close()
 LUA
 
+for who in direct semtap nginx; do
+  for p in /v1/chat/completions /v1/stream/chat/completions; do
+    code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'content-type: application/json' --data-binary @"$WORK/req.json" "http://127.0.0.1:${URL[$who]:-0}$p" || true)
+    [ "$code" = 200 ] || { echo "sanity check failed: $who $p -> $code" >&2; cat "$WORK/error.log" >&2; exit 1; }
+  done
+done
+
 rps() { BODY="$2" wrk -t2 -c64 -d"${SECS}s" -s "$WORK/post.lua" "$1" | awk '/Requests\/sec/ {print $2}'; }
 
-declare -A URL=([direct]=18001 [semtap]=18003 [nginx]=18002)
 echo "| path | body | direct rps | semtap rps | nginx proxy_pass rps | semtap/nginx |"
 echo "|---|---|---|---|---|---|"
 declare -A SAT

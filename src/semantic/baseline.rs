@@ -38,9 +38,23 @@ pub struct Reference {
     pub pinned: bool,
     #[serde(default)]
     pub created_ms: u64,
+    /// Scores of answers seen after warm-up, which join the calibration sets (online
+    /// conformal: this keeps later p-values exactly uniform rather than only on average).
+    #[serde(default)]
+    absorbed: Absorbed,
     #[serde(skip)]
     stats: Option<Stats>,
 }
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Absorbed {
+    outlier: Vec<f64>,
+    length: Vec<f64>,
+    relevance: Vec<f64>,
+}
+
+/// Most scores in each calibration set; beyond it new scores are no longer added.
+pub const CALIBRATION_CAP: usize = 5000;
 
 #[derive(Debug, Clone, Default)]
 struct Stats {
@@ -64,6 +78,9 @@ pub struct RefScores {
     pub relevance_p: Option<f64>,
     /// Mean cosine distance to the k nearest reference answers.
     pub knn_distance: Option<f64>,
+    outlier_nc: Option<f64>,
+    length_nc: f64,
+    relevance_nc: Option<f64>,
 }
 
 impl Reference {
@@ -126,10 +143,44 @@ impl Reference {
         len_sorted.sort_by(f64::total_cmp);
         let mut rel: Vec<f64> = self.points.iter().filter_map(|p| p.relevance).map(|r| -r).collect();
         rel.sort_by(f64::total_cmp);
+        for x in &self.absorbed.outlier {
+            if !outlier.is_empty() {
+                outlier.push(*x);
+            }
+        }
+        len_sorted.extend_from_slice(&self.absorbed.length);
+        rel.extend_from_slice(&self.absorbed.relevance);
+        outlier.sort_by(f64::total_cmp);
+        len_sorted.sort_by(f64::total_cmp);
+        rel.sort_by(f64::total_cmp);
         stats.outlier_sorted = outlier;
         stats.len_sorted = len_sorted;
         stats.relevance_sorted = rel;
         self.stats = Some(stats);
+    }
+
+    /// Adds a scored answer's values to the calibration sets (call after [`Reference::score`],
+    /// for every scored answer, flagged or not, while no drift is suspected).
+    pub fn absorb(&mut self, s: &RefScores) {
+        let Some(st) = self.stats.as_mut() else {
+            return;
+        };
+        if st.len_sorted.len() < CALIBRATION_CAP {
+            super::conformal::insert_sorted(&mut st.len_sorted, s.length_nc);
+            self.absorbed.length.push(s.length_nc);
+        }
+        if let Some(x) = s.outlier_nc {
+            if !st.outlier_sorted.is_empty() && st.outlier_sorted.len() < CALIBRATION_CAP {
+                super::conformal::insert_sorted(&mut st.outlier_sorted, x);
+                self.absorbed.outlier.push(x);
+            }
+        }
+        if let Some(x) = s.relevance_nc {
+            if st.relevance_sorted.len() < CALIBRATION_CAP {
+                super::conformal::insert_sorted(&mut st.relevance_sorted, x);
+                self.absorbed.relevance.push(x);
+            }
+        }
     }
 
     /// Scores an answer. `None` until the reference is ready.
@@ -137,23 +188,26 @@ impl Reference {
         let s = self.stats.as_ref()?;
         let len_nc = (log_len - s.len_median).abs() / s.len_mad;
         let length_p = p_value(&s.len_sorted, len_nc, u);
-        let (outlier_p, knn) = match vector {
+        let (outlier_p, knn, outlier_nc) = match vector {
             Some(v) if !v.is_empty() && !s.outlier_sorted.is_empty() => {
                 let d = knn_distance(v, self.points.iter().map(|p| p.vector.as_slice()));
                 let nc = outlier_nonconformity(d, log_len, s);
-                (Some(p_value(&s.outlier_sorted, nc, u)), Some(d))
+                (Some(p_value(&s.outlier_sorted, nc, u)), Some(d), Some(nc))
             }
-            _ => (None, None),
+            _ => (None, None, None),
         };
-        let relevance_p = match relevance {
-            Some(r) if s.relevance_sorted.len() >= K => Some(p_value(&s.relevance_sorted, -r, u)),
-            _ => None,
+        let (relevance_p, relevance_nc) = match relevance {
+            Some(r) if s.relevance_sorted.len() >= K => (Some(p_value(&s.relevance_sorted, -r, u)), Some(-r)),
+            _ => (None, None),
         };
         Some(RefScores {
             outlier_p,
             length_p,
             relevance_p,
             knn_distance: knn,
+            outlier_nc,
+            length_nc: len_nc,
+            relevance_nc,
         })
     }
 }

@@ -290,6 +290,9 @@ impl Engine {
         let mut outlier_fired = false;
         if content && ok && rec.outcome == Outcome::Complete && !blank {
             if let Some(s) = st.reference.score(vector.as_deref(), log_len, relevance, u.next_f64()) {
+                if !st.drift_open {
+                    st.reference.absorb(&s);
+                }
                 put(CheckScore { flag: Flag::Length, score: 1.0 - s.length_p, threshold: 1.0 - alpha }, &mut flags);
                 if let Some(p) = s.outlier_p {
                     outlier_fired = p <= alpha;

@@ -43,6 +43,7 @@ enum Msg {
     Record(Arc<ExchangeRecord>),
     Embedder(Arc<dyn TextEmbedder>),
     Flush(SyncSender<()>),
+    Reset(String, SyncSender<Option<usize>>),
 }
 
 /// Where the engine keeps its state.
@@ -88,6 +89,14 @@ impl SemanticSink {
     /// The engine, for the admin API (pin, reset, list).
     pub fn engine(&self) -> Arc<Mutex<Engine>> {
         self.engine.clone()
+    }
+
+    /// Starts `key`'s baseline over on the engine thread (so the incidents it resolves are
+    /// published like any other). `None` if the key is unknown.
+    pub fn reset(&self, key: &str) -> Option<usize> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.tx.send(Msg::Reset(key.to_string(), tx)).ok()?;
+        rx.recv_timeout(Duration::from_secs(10)).ok().flatten()
     }
 
     /// Records dropped because the engine fell behind.
@@ -161,6 +170,21 @@ fn run(
                 health.set("semantic", "ok", format!("{tier} tier ready"));
                 metrics.gauge("semtap.semantic.degraded", &[]).set(0.0);
             }
+            Some(Msg::Reset(key, done)) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                let events = engine.lock().reset(&key, now);
+                if let Some(events) = &events {
+                    tracing::info!(key = %key, resolved = events.len(), "baseline reset over the admin API");
+                    for ev in events {
+                        publish_incident(&metrics, &sinks, ev);
+                    }
+                    dirty = true;
+                }
+                let _ = done.send(events.map(|e| e.len()));
+            }
             Some(Msg::Flush(done)) => {
                 save(&engine.lock());
                 let _ = done.send(());
@@ -197,6 +221,18 @@ fn publish(
     }
     metrics.counter("semtap.analysed", &[("tier", if analysis.scores.contains_key("outlier") || analysis.warming_up { "static" } else { "checks" })]).inc();
     for ev in events {
+        publish_incident(metrics, &[], ev);
+    }
+    for s in sinks {
+        s.on_analysis(rec, analysis);
+        for ev in events {
+            s.on_incident(ev);
+        }
+    }
+}
+
+fn publish_incident(metrics: &Metrics, sinks: &[Arc<dyn AnalysisSink>], ev: &IncidentEvent) {
+    {
         let i = &ev.incident;
         match ev.state {
             "opened" => tracing::warn!(
@@ -215,9 +251,6 @@ fn publish(
             .inc();
     }
     for s in sinks {
-        s.on_analysis(rec, analysis);
-        for ev in events {
-            s.on_incident(ev);
-        }
+        s.on_incident(ev);
     }
 }

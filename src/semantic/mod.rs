@@ -4,6 +4,7 @@
 pub mod checks;
 pub mod model;
 pub mod static_tier;
+pub mod testing;
 pub mod transformer;
 pub mod wordpiece;
 pub mod conformal;
@@ -23,3 +24,4 @@ pub trait TextEmbedder: Send + Sync {
     fn tier(&self) -> &'static str;
 }
 pub mod live;
+pub mod load;

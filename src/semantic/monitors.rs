@@ -340,7 +340,8 @@ mod tests {
                 opened_at.get_or_insert(i);
             }
         }
-        assert!(opened_at.is_some_and(|i| i < 15), "{opened_at:?}");
+        // One answer in three blank against a ~1% normal rate: open within ~25 exchanges.
+        assert!(opened_at.is_some_and(|i| i < 25), "{opened_at:?}");
         let mut cleared = false;
         for _ in 0..s.window {
             if let Verdict::Clear = m.observe(false, "ok", &s) {
@@ -367,15 +368,16 @@ mod tests {
             let v = 0.5 + 0.3 * u.next_f64();
             assert!(!matches!(m.observe(v, "n", 1e-6), Verdict::Fire { .. }));
         }
-        let mut fired = false;
-        for _ in 0..20 {
+        let mut first = None;
+        let mut worst = None;
+        for i in 0..20 {
             if let Verdict::Fire { severity, .. } = m.observe(3.0, "slow", 1e-6) {
-                fired = true;
-                assert_eq!(severity, Severity::Critical);
-                break;
+                first.get_or_insert(i);
+                worst = worst.max(Some(severity));
             }
         }
-        assert!(fired);
+        assert!(first.is_some_and(|i| i < 8), "{first:?}");
+        assert_eq!(worst, Some(Severity::Critical), "escalates as the spike persists");
     }
 
     #[test]

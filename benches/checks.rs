@@ -1,0 +1,134 @@
+//! Cost of the cheap per-response checks, which run on every answer.
+//!
+//! Quick check: `cargo bench --bench checks -- --test`.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use semtap::record::{Api, ExchangeRecord, Outcome};
+use semtap::semantic::checks::{error_text, garbled, refusal, repetition, run_checks, CheckConfig};
+
+/// A normal answer of about 256 tokens (~1.2 KB).
+const ANSWER_256: &str = "Photosynthesis is the process by which green plants, algae and some bacteria \
+turn light energy into chemical energy. It takes place mainly in the chloroplasts of leaf cells, where the \
+pigment chlorophyll absorbs red and blue light and reflects green, which is why leaves look green to us.\n\n\
+The process has two stages. In the light-dependent reactions, which happen in the thylakoid membranes, \
+water molecules are split, releasing oxygen as a by-product and producing ATP and NADPH. These two \
+molecules carry energy and reducing power to the second stage, the Calvin cycle, which runs in the \
+stroma. There, the enzyme RuBisCO fixes carbon dioxide from the air into a three-carbon sugar that the \
+plant uses to build glucose, starch and cellulose.\n\n\
+Overall, the reaction can be summarised as 6 CO2 + 6 H2O + light → C6H12O6 + 6 O2. Photosynthesis is \
+the foundation of almost every food chain on Earth, and it is also responsible for the oxygen in our \
+atmosphere. Factors such as light intensity, temperature and carbon dioxide concentration all limit how \
+fast it can proceed, which is why greenhouse growers often add extra CO2 to boost their yields.";
+
+const WORDS: &[&str] = &[
+    "the",
+    "model",
+    "answer",
+    "returns",
+    "a",
+    "list",
+    "of",
+    "values",
+    "and",
+    "then",
+    "sorts",
+    "them",
+    "by",
+    "date",
+    "which",
+    "is",
+    "usually",
+    "what",
+    "you",
+    "want",
+    "when",
+    "data",
+    "arrives",
+    "late",
+    "from",
+    "several",
+    "servers",
+    "in",
+    "different",
+    "regions",
+    "résumé",
+    "naïve",
+    "日本語",
+    "cache",
+    "latency",
+    "request",
+];
+
+/// About `bytes` of varied prose (a deterministic pseudo-random word stream).
+fn prose(bytes: usize) -> String {
+    let mut s = String::with_capacity(bytes + 64);
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut n = 0;
+    while s.len() < bytes {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.push_str(WORDS[(x % WORDS.len() as u64) as usize]);
+        n += 1;
+        s.push_str(match n % 97 {
+            0 => ".\n\n",
+            k if k % 13 == 0 => ". ",
+            k if k % 7 == 0 => ", ",
+            _ => " ",
+        });
+    }
+    s
+}
+
+fn record(text: String) -> ExchangeRecord {
+    ExchangeRecord {
+        id: "bench".into(),
+        api: Api::ChatCompletions,
+        status: 200,
+        outcome: Outcome::Complete,
+        response: text,
+        prompt: Some("Explain photosynthesis briefly.".into()),
+        finish_reasons: vec!["stop".into()],
+        ..ExchangeRecord::default()
+    }
+}
+
+fn bench_checks(c: &mut Criterion) {
+    let cfg = CheckConfig::default();
+
+    let short = record(ANSWER_256.to_string());
+    let mut g = c.benchmark_group("run_checks");
+    g.throughput(Throughput::Bytes(short.response.len() as u64));
+    g.bench_function("answer_256_tokens", |b| {
+        b.iter(|| run_checks(black_box(&short), black_box(&cfg)))
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("check_256_tokens");
+    let text = ANSWER_256;
+    g.bench_function("refusal", |b| b.iter(|| refusal(black_box(text))));
+    g.bench_function("repetition", |b| b.iter(|| repetition(black_box(text))));
+    g.bench_function("garbled", |b| b.iter(|| garbled(black_box(text), None)));
+    g.bench_function("error_text", |b| {
+        b.iter(|| error_text(black_box(text), None))
+    });
+    g.finish();
+
+    let huge = record(prose(10 * 1024 * 1024));
+    let blank = record(" \n".repeat(5 * 1024 * 1024));
+    let mut g = c.benchmark_group("run_checks_10mb");
+    g.sample_size(10);
+    g.throughput(Throughput::Bytes(huge.response.len() as u64));
+    g.bench_function("prose", |b| {
+        b.iter(|| run_checks(black_box(&huge), black_box(&cfg)))
+    });
+    g.bench_function("whitespace_only", |b| {
+        b.iter(|| run_checks(black_box(&blank), black_box(&cfg)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_checks);
+criterion_main!(benches);
