@@ -12,11 +12,11 @@ use semtap::semantic::model::{resolve, DEFAULT_MODEL};
 use semtap::semantic::transformer::{DeviceChoice, TransformerEmbedder, DEFAULT_MAX_TOKENS};
 
 const WORDS: &[&str] = &[
-    "the", "model", "returned", "a", "short", "answer", "about", "river", "water", "and",
-    "people", "who", "live", "near", "large", "cities", "in", "the", "north", "during", "winter",
-    "time", "when", "light", "is", "low", "but", "work", "goes", "on", "as", "usual", "for",
-    "most", "of", "them", "with", "some", "help", "from", "friends", "family", "or", "new",
-    "tools", "that", "make", "life", "easier",
+    "the", "model", "returned", "a", "short", "answer", "about", "river", "water", "and", "people",
+    "who", "live", "near", "large", "cities", "in", "the", "north", "during", "winter", "time",
+    "when", "light", "is", "low", "but", "work", "goes", "on", "as", "usual", "for", "most", "of",
+    "them", "with", "some", "help", "from", "friends", "family", "or", "new", "tools", "that",
+    "make", "life", "easier",
 ];
 
 /// `n` texts of exactly `tokens` tokens each, built from common words and varied per text.

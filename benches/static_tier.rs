@@ -263,7 +263,7 @@ fn main() {
     let wp = WordPiece::from_tokenizer_json(&path).expect("WordPiece loads");
     let mut rng = StdRng::seed_from_u64(42);
     // At least the real model's 30522 rows, so cache behaviour is realistic either way.
-    let table = random_table(wp.vocab_size().max(30522), wp.special_ids(), &mut rng);
+    let table = random_table(wp.vocab_size().max(30522), &wp.special_ids(), &mut rng);
     println!(
         "static_tier bench: {source}; random table {} × {DIM}",
         table.vocab_size()

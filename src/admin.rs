@@ -154,6 +154,10 @@ async fn serve(
     state: Arc<AdminState>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_string();
+    if path == "/baselines" || path.starts_with("/baselines/") || path == "/incidents" {
+        return Ok(baselines_api(&state, req.method(), &path).await);
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(text(
             StatusCode::METHOD_NOT_ALLOWED,

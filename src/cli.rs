@@ -204,6 +204,9 @@ fn run(common: Common, args: RunArgs) -> ExitCode {
         log_format: common.log_format,
         log_level: common.log_level,
         model_dir: common.model_dir,
+        semantic: std::env::var("SEMTAP_SEMANTIC")
+            .ok()
+            .map(|v| !matches!(v.as_str(), "off" | "0" | "false" | "no")),
     };
     let cfg = match Config::load(args.config.as_deref(), &overrides) {
         Ok(c) => c,
@@ -400,6 +403,17 @@ fn model(common: Common, action: ModelAction) -> ExitCode {
         ModelAction::Pull { dest } => match model::pull(&dest, true) {
             Ok(files) => {
                 println!("model installed in {}", files.dir.display());
+                // Distil and cache the static tier now, so the first run starts at full speed.
+                let bar = indicatif::ProgressBar::new(0);
+                let r = crate::semantic::load::static_tier(&files, "auto", 256, None, |done, total| {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                });
+                bar.finish_and_clear();
+                match r {
+                    Ok(_) => println!("static tier table cached next to the model"),
+                    Err(e) => eprintln!("warning: static tier not prepared: {e}"),
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

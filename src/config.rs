@@ -412,6 +412,8 @@ pub struct Overrides {
     pub log_format: Option<String>,
     pub log_level: Option<String>,
     pub model_dir: Option<PathBuf>,
+    /// `SEMTAP_SEMANTIC=off` turns the semantic engine off (on/off).
+    pub semantic: Option<bool>,
 }
 
 const CLI: &str = "<command line>";
@@ -740,7 +742,7 @@ fn build(file: FileConfig, source: &str, ov: &Overrides) -> Result<Config, Confi
 
     let sem = &file.semantic;
     let sc = &mut cfg.semantic;
-    if let Some(v) = sem.enabled {
+    if let Some(v) = ov.semantic.or(sem.enabled) {
         sc.enabled = v;
     }
     if let Some(m) = &sem.model {

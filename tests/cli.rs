@@ -26,6 +26,10 @@ impl Proc {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .env_remove("RUST_LOG");
+        // Off unless a test turns it on (it would distil the real model's table).
+        if !envs.iter().any(|(k, _)| *k == "SEMTAP_SEMANTIC") {
+            cmd.env("SEMTAP_SEMANTIC", "off");
+        }
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -239,7 +243,9 @@ async fn a_planted_key_appears_nowhere_semtap_writes() {
     let dir = tempfile::tempdir().expect("tmp");
     let capture = dir.path().join("exchanges.jsonl");
     let cfg = dir.path().join("semtap.toml");
-    std::fs::write(&cfg, format!("[[listener]]\nname = \"main\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[capture]\nfile = \"{}\"\n", up.url(), capture.display())).expect("cfg");
+    let model = dir.path().join("tiny-model");
+    semtap::semantic::testing::write_tiny_bert(&model, 3).expect("tiny model");
+    std::fs::write(&cfg, format!("state_dir = \"{}\"\n[[listener]]\nname = \"main\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[capture]\nfile = \"{}\"\n[semantic]\nmodel_dir = \"{}\"\n", dir.path().join("state").display(), up.url(), capture.display(), model.display())).expect("cfg");
     let p = Proc::spawn(
         &[
             "run",
@@ -250,8 +256,9 @@ async fn a_planted_key_appears_nowhere_semtap_writes() {
             "--log-level",
             "trace",
         ],
-        &[],
+        &[("SEMTAP_SEMANTIC", "on")],
     );
+    p.wait_log("semantic engine: static tier ready");
     let listen = addr_of(&p.wait_log("listener bound"));
     let admin = addr_of(&p.wait_log("admin server bound"));
     let c = client();
@@ -295,6 +302,9 @@ async fn a_planted_key_appears_nowhere_semtap_writes() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let metrics = get_text(&format!("http://{admin}/metrics")).await.1;
     let status = get_text(&format!("http://{admin}/status")).await.1;
+    let baselines = get_text(&format!("http://{admin}/baselines")).await.1;
+    let baselines = get_text(&format!("http://{admin}/baselines")).await.1;
+    assert!(baselines.contains("main/openai/gpt-4o"), "{baselines}");
     let logs = p.output();
     drop(p);
     let captured = std::fs::read_to_string(&capture).unwrap_or_default();
@@ -311,6 +321,7 @@ async fn a_planted_key_appears_nowhere_semtap_writes() {
         ("metrics", &metrics),
         ("status", &status),
         ("capture file", &captured),
+        ("baselines", &baselines),
         ("logs", &logs),
     ] {
         assert!(!text.contains("PLANTED"), "key leaked into {what}");

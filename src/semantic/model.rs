@@ -269,7 +269,11 @@ pub fn resolve(model: &str, model_dir: Option<&Path>) -> Result<ModelFiles, Mode
 /// Hugging Face cache roots, most specific first.
 fn hf_hub_dirs() -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(d) = env("HF_HUB_CACHE") {
         out.push(d);
     }
@@ -305,7 +309,8 @@ fn hf_snapshot(repo: &Path) -> Option<PathBuf> {
 
 /// Asks python3 (quietly) where the packaged model is installed.
 fn python_package_dir() -> Result<PathBuf, String> {
-    let code = format!("import {PYTHON_MODULE},os;print(os.path.dirname({PYTHON_MODULE}.__file__))");
+    let code =
+        format!("import {PYTHON_MODULE},os;print(os.path.dirname({PYTHON_MODULE}.__file__))");
     let out = match Command::new("python3")
         .args(["-c", &code])
         .stdin(Stdio::null())
@@ -554,7 +559,10 @@ mod tests {
         let msg = err.to_string();
         assert!(matches!(err, ModelError::NotFound { .. }), "{msg}");
         assert!(msg.contains("semtap-no-such-model"), "{msg}");
-        assert!(msg.contains("models--nobody--semtap-no-such-model"), "{msg}");
+        assert!(
+            msg.contains("models--nobody--semtap-no-such-model"),
+            "{msg}"
+        );
         assert!(msg.contains("SEMTAP_MODEL_DIR"), "{msg}");
         assert!(msg.contains("semtap model pull"), "{msg}");
         assert!(msg.contains("--model-dir"), "{msg}");

@@ -725,11 +725,12 @@ fn pca_project(vectors: &[f32], ids: &[u32], dim: usize, k: usize) -> Vec<f32> {
             cov[j * dim + i] = v;
         }
     }
-    let (values, vecs) = symmetric_eigen(&mut cov, dim);
+    let (values, vecs) = symmetric_eigen(&cov, dim);
     let mut order: Vec<usize> = (0..dim).collect();
     order.sort_by(|&a, &b| values[b].total_cmp(&values[a]));
-    // Basis as k rows of length dim, sign fixed so the largest component is positive.
-    let mut basis = vec![0f32; k * dim];
+    // Basis as a dim × k matrix (column r = r-th axis), each axis's sign fixed so its largest
+    // component is positive: the same model always gives the same table.
+    let mut basis_t = vec![0f32; dim * k];
     for (r, &col) in order.iter().take(k).enumerate() {
         let mut big = 0.0f64;
         for i in 0..dim {
@@ -740,7 +741,7 @@ fn pca_project(vectors: &[f32], ids: &[u32], dim: usize, k: usize) -> Vec<f32> {
         }
         let sign = if big < 0.0 { -1.0 } else { 1.0 };
         for i in 0..dim {
-            basis[r * dim + i] = (sign * vecs[i * dim + col]) as f32;
+            basis_t[i * k + r] = (sign * vecs[i * dim + col]) as f32;
         }
     }
     let vocab = vectors.len() / dim;
@@ -748,65 +749,214 @@ fn pca_project(vectors: &[f32], ids: &[u32], dim: usize, k: usize) -> Vec<f32> {
     for &t in ids {
         let row = &vectors[t as usize * dim..(t as usize + 1) * dim];
         let dst = &mut out[t as usize * k..(t as usize + 1) * k];
-        for (d, b) in dst.iter_mut().zip(basis.chunks_exact(dim)) {
-            *d = row.iter().zip(b).map(|(x, y)| x * y).sum();
+        // dst = Σ_i row[i] · basis_t[i]: row-wise so it vectorises.
+        for (&x, b) in row.iter().zip(basis_t.chunks_exact(k)) {
+            for (d, &y) in dst.iter_mut().zip(b) {
+                *d += x * y;
+            }
         }
     }
     out
 }
 
-/// Eigen-decomposition of the symmetric `n × n` matrix `a` (destroyed) by cyclic Jacobi
-/// rotations: exact to rounding and dependency-free, and `n` (the model width) is small.
-/// Returns the eigenvalues and the eigenvectors as the columns of a row-major matrix.
-fn symmetric_eigen(a: &mut [f64], n: usize) -> (Vec<f64>, Vec<f64>) {
-    let mut v = vec![0f64; n * n];
+/// Eigen-decomposition of the symmetric `n × n` row-major matrix `a`: Householder reduction
+/// to tridiagonal form, then the implicit QL algorithm (EISPACK's tred2/tql2, as in JAMA).
+/// Exact to rounding, O(n³), dependency-free. Returns the eigenvalues and the eigenvectors
+/// as the columns of a row-major `n × n` matrix.
+fn symmetric_eigen(a: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
+    if n == 0 {
+        return (Vec::new(), Vec::new());
+    }
+    let mut v = a.to_vec();
+    let mut d = vec![0f64; n];
+    let mut e = vec![0f64; n];
+    tred2(&mut v, &mut d, &mut e, n);
+    // tql2 rotates pairs of columns of V; work on the transpose so they are contiguous rows.
+    let mut vt = transpose(&v, n);
+    tql2(&mut vt, &mut d, &mut e, n);
+    (d, transpose(&vt, n))
+}
+
+fn transpose(m: &[f64], n: usize) -> Vec<f64> {
+    let mut t = vec![0f64; n * n];
     for i in 0..n {
-        v[i * n + i] = 1.0;
-    }
-    let scale: f64 = a.iter().map(|x| x * x).sum::<f64>().max(f64::MIN_POSITIVE);
-    for _sweep in 0..100 {
-        let mut off = 0.0;
-        for p in 0..n {
-            for q in p + 1..n {
-                off += a[p * n + q] * a[p * n + q];
-            }
-        }
-        if off <= scale * 1e-30 {
-            break;
-        }
-        for p in 0..n {
-            for q in p + 1..n {
-                let apq = a[p * n + q];
-                if apq.abs() <= f64::MIN_POSITIVE {
-                    continue;
-                }
-                let theta = (a[q * n + q] - a[p * n + p]) / (2.0 * apq);
-                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let s = t * c;
-                for k in 0..n {
-                    let akp = a[k * n + p];
-                    let akq = a[k * n + q];
-                    a[k * n + p] = c * akp - s * akq;
-                    a[k * n + q] = s * akp + c * akq;
-                }
-                for k in 0..n {
-                    let apk = a[p * n + k];
-                    let aqk = a[q * n + k];
-                    a[p * n + k] = c * apk - s * aqk;
-                    a[q * n + k] = s * apk + c * aqk;
-                }
-                for k in 0..n {
-                    let vkp = v[k * n + p];
-                    let vkq = v[k * n + q];
-                    v[k * n + p] = c * vkp - s * vkq;
-                    v[k * n + q] = s * vkp + c * vkq;
-                }
-            }
+        for j in 0..n {
+            t[j * n + i] = m[i * n + j];
         }
     }
-    let values = (0..n).map(|i| a[i * n + i]).collect();
-    (values, v)
+    t
+}
+
+/// Householder tridiagonalisation; `v` (in: the matrix) becomes the accumulated transform,
+/// `d` the diagonal and `e` the sub-diagonal (in `e[1..]`).
+fn tred2(v: &mut [f64], d: &mut [f64], e: &mut [f64], n: usize) {
+    let at = |i: usize, j: usize| i * n + j;
+    for j in 0..n {
+        d[j] = v[at(n - 1, j)];
+    }
+    for i in (1..n).rev() {
+        let mut scale = 0.0;
+        let mut h = 0.0;
+        for x in &d[..i] {
+            scale += x.abs();
+        }
+        if scale == 0.0 {
+            e[i] = d[i - 1];
+            for j in 0..i {
+                d[j] = v[at(i - 1, j)];
+                v[at(i, j)] = 0.0;
+                v[at(j, i)] = 0.0;
+            }
+        } else {
+            for x in &mut d[..i] {
+                *x /= scale;
+                h += *x * *x;
+            }
+            let mut f = d[i - 1];
+            let mut g = h.sqrt();
+            if f > 0.0 {
+                g = -g;
+            }
+            e[i] = scale * g;
+            h -= f * g;
+            d[i - 1] = f - g;
+            for x in &mut e[..i] {
+                *x = 0.0;
+            }
+            for j in 0..i {
+                f = d[j];
+                v[at(j, i)] = f;
+                g = e[j] + v[at(j, j)] * f;
+                for k in j + 1..i {
+                    g += v[at(k, j)] * d[k];
+                    e[k] += v[at(k, j)] * f;
+                }
+                e[j] = g;
+            }
+            f = 0.0;
+            for j in 0..i {
+                e[j] /= h;
+                f += e[j] * d[j];
+            }
+            let hh = f / (h + h);
+            for j in 0..i {
+                e[j] -= hh * d[j];
+            }
+            for j in 0..i {
+                f = d[j];
+                g = e[j];
+                for k in j..i {
+                    v[at(k, j)] -= f * e[k] + g * d[k];
+                }
+                d[j] = v[at(i - 1, j)];
+                v[at(i, j)] = 0.0;
+            }
+        }
+        d[i] = h;
+    }
+    for i in 0..n - 1 {
+        v[at(n - 1, i)] = v[at(i, i)];
+        v[at(i, i)] = 1.0;
+        let h = d[i + 1];
+        if h != 0.0 {
+            for k in 0..=i {
+                d[k] = v[at(k, i + 1)] / h;
+            }
+            for j in 0..=i {
+                let mut g = 0.0;
+                for k in 0..=i {
+                    g += v[at(k, i + 1)] * v[at(k, j)];
+                }
+                for k in 0..=i {
+                    v[at(k, j)] -= g * d[k];
+                }
+            }
+        }
+        for k in 0..=i {
+            v[at(k, i + 1)] = 0.0;
+        }
+    }
+    for j in 0..n {
+        d[j] = v[at(n - 1, j)];
+        v[at(n - 1, j)] = 0.0;
+    }
+    v[at(n - 1, n - 1)] = 1.0;
+    e[0] = 0.0;
+}
+
+/// Implicit QL on the tridiagonal (`d`, `e`) from [`tred2`]; `vt` is the transposed
+/// transform, whose rows become the eigenvectors. `d` becomes the eigenvalues.
+fn tql2(vt: &mut [f64], d: &mut [f64], e: &mut [f64], n: usize) {
+    for i in 1..n {
+        e[i - 1] = e[i];
+    }
+    e[n - 1] = 0.0;
+    let mut f = 0.0;
+    let mut tst1 = 0.0f64;
+    let eps = f64::EPSILON;
+    for l in 0..n {
+        tst1 = tst1.max(d[l].abs() + e[l].abs());
+        let mut m = l;
+        while m < n - 1 && e[m].abs() > eps * tst1 {
+            m += 1;
+        }
+        if m > l {
+            // Bounded: QL converges in a few iterations per eigenvalue; the cap only guards
+            // against NaN input looping forever.
+            for _iter in 0..64 {
+                let mut g = d[l];
+                let mut p = (d[l + 1] - g) / (2.0 * e[l]);
+                let mut r = p.hypot(1.0);
+                if p < 0.0 {
+                    r = -r;
+                }
+                d[l] = e[l] / (p + r);
+                d[l + 1] = e[l] * (p + r);
+                let dl1 = d[l + 1];
+                let mut h = g - d[l];
+                for x in &mut d[l + 2..n] {
+                    *x -= h;
+                }
+                f += h;
+                p = d[m];
+                let mut c = 1.0;
+                let mut c2 = c;
+                let mut c3 = c;
+                let el1 = e[l + 1];
+                let mut s = 0.0;
+                let mut s2 = 0.0;
+                for i in (l..m).rev() {
+                    c3 = c2;
+                    c2 = c;
+                    s2 = s;
+                    g = c * e[i];
+                    h = c * p;
+                    r = p.hypot(e[i]);
+                    e[i + 1] = s * r;
+                    s = e[i] / r;
+                    c = p / r;
+                    p = c * d[i] - s * g;
+                    d[i + 1] = h + s * (c * g + s * d[i]);
+                    let (lo, hi) = vt.split_at_mut((i + 1) * n);
+                    let row_i = &mut lo[i * n..];
+                    let row_i1 = &mut hi[..n];
+                    for (a, b) in row_i.iter_mut().zip(row_i1.iter_mut()) {
+                        let h = *b;
+                        *b = s * *a + c * h;
+                        *a = c * *a - s * h;
+                    }
+                }
+                p = -s * s2 * c3 * el1 * e[l] / dl1;
+                e[l] = s * p;
+                d[l] = c * p;
+                if e[l].abs() <= eps * tst1 {
+                    break;
+                }
+            }
+        }
+        d[l] += f;
+        e[l] = 0.0;
+    }
 }
 
 #[cfg(test)]
@@ -951,12 +1101,13 @@ mod tests {
         let mut w = table.weights().to_vec();
         w[4] = 0.25;
         table.set_weights(w).expect("weights");
-        let ids = [1, 3, 4, 4, 9, 2, 999];
+        // Six counted rows: one group of four plus a tail of two.
+        let ids = [1, 3, 4, 4, 9, 2, 999, 5, 6];
         let mut out = vec![0f32; 6];
         assert!(table.embed(&ids, &mut out));
         let mut expected = [0f32; 6];
         let mut total = 0.0;
-        for (t, wt) in [(3, 1.0), (4, 0.25), (4, 0.25), (9, 1.0)] {
+        for (t, wt) in [(3, 1.0), (4, 0.25), (4, 0.25), (9, 1.0), (5, 1.0), (6, 1.0)] {
             let row = table.vector(t).expect("row");
             for i in 0..6 {
                 expected[i] += wt * row[i];
@@ -974,6 +1125,24 @@ mod tests {
             );
         }
         assert!((out.iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn vectorised_and_portable_sums_agree() {
+        let rows: Vec<Vec<f32>> = (0..4).map(|t| token_vec(t, 37)).collect();
+        let group = [
+            (0.5, rows[0].as_slice()),
+            (1.0, rows[1].as_slice()),
+            (0.25, rows[2].as_slice()),
+            (2.0, rows[3].as_slice()),
+        ];
+        let mut a = vec![1f32; 37];
+        let mut b = a.clone();
+        accumulate4(&mut a, &group);
+        accumulate4_portable(&mut b, &group);
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-5);
+        }
     }
 
     #[test]
@@ -1053,24 +1222,43 @@ mod tests {
     }
 
     #[test]
-    fn jacobi_diagonalises() {
-        let n = 7;
-        let mut a = vec![0f64; n * n];
-        for i in 0..n {
-            for j in i..n {
-                let x = ((i * 7 + j * 3) as f64).sin();
-                a[i * n + j] = x;
-                a[j * n + i] = x;
+    fn eigen_decomposes_symmetric_matrices() {
+        let check = |a: &[f64], n: usize| {
+            let (vals, vecs) = symmetric_eigen(a, n);
+            let scale = 1.0 + a.iter().map(|x| x.abs()).fold(0.0, f64::max);
+            for c in 0..n {
+                for i in 0..n {
+                    let av: f64 = (0..n).map(|k| a[i * n + k] * vecs[k * n + c]).sum();
+                    assert!(
+                        (av - vals[c] * vecs[i * n + c]).abs() < 1e-9 * scale,
+                        "n={n}"
+                    );
+                }
+                // Orthonormal columns.
+                for c2 in 0..n {
+                    let dot: f64 = (0..n).map(|k| vecs[k * n + c] * vecs[k * n + c2]).sum();
+                    let want = if c == c2 { 1.0 } else { 0.0 };
+                    assert!((dot - want).abs() < 1e-9, "n={n}");
+                }
             }
-        }
-        let orig = a.clone();
-        let (vals, vecs) = symmetric_eigen(&mut a, n);
-        for c in 0..n {
+        };
+        for n in [1, 2, 7, 40] {
+            let mut a = vec![0f64; n * n];
             for i in 0..n {
-                let av: f64 = (0..n).map(|k| orig[i * n + k] * vecs[k * n + c]).sum();
-                assert!((av - vals[c] * vecs[i * n + c]).abs() < 1e-9);
+                for j in i..n {
+                    let x = ((i * 7 + j * 3) as f64).sin();
+                    a[i * n + j] = x;
+                    a[j * n + i] = x;
+                }
             }
+            check(&a, n);
         }
+        // Degenerate: zero, diagonal with repeats, rank one.
+        check(&[0.0; 9], 3);
+        check(&[2.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 5.0], 3);
+        let u = [1.0, -2.0, 0.5, 3.0];
+        let rank1: Vec<f64> = (0..16).map(|i| u[i / 4] * u[i % 4]).collect();
+        check(&rank1, 4);
     }
 
     #[test]

@@ -135,9 +135,24 @@ fn write_weights(path: &Path, vocab_size: usize, seed: u64) -> io::Result<()> {
         Ok(())
     };
     let e = "embeddings";
-    add(format!("{e}.word_embeddings.weight"), vec![vocab_size, h], 0.0, 1.0)?;
-    add(format!("{e}.position_embeddings.weight"), vec![TINY_POSITIONS, h], 0.0, 0.2)?;
-    add(format!("{e}.token_type_embeddings.weight"), vec![2, h], 0.0, 0.2)?;
+    add(
+        format!("{e}.word_embeddings.weight"),
+        vec![vocab_size, h],
+        0.0,
+        1.0,
+    )?;
+    add(
+        format!("{e}.position_embeddings.weight"),
+        vec![TINY_POSITIONS, h],
+        0.0,
+        0.2,
+    )?;
+    add(
+        format!("{e}.token_type_embeddings.weight"),
+        vec![2, h],
+        0.0,
+        0.2,
+    )?;
     add(format!("{e}.LayerNorm.weight"), vec![h], 1.0, 0.1)?;
     add(format!("{e}.LayerNorm.bias"), vec![h], 0.0, 0.1)?;
     let linears = [
@@ -152,7 +167,12 @@ fn write_weights(path: &Path, vocab_size: usize, seed: u64) -> io::Result<()> {
         let p = format!("encoder.layer.{layer}");
         for (name, out_dim, in_dim) in linears {
             let scale = 1.0 / (in_dim as f32).sqrt();
-            add(format!("{p}.{name}.weight"), vec![out_dim, in_dim], 0.0, scale)?;
+            add(
+                format!("{p}.{name}.weight"),
+                vec![out_dim, in_dim],
+                0.0,
+                scale,
+            )?;
             add(format!("{p}.{name}.bias"), vec![out_dim], 0.0, 0.05)?;
         }
         for ln in ["attention.output.LayerNorm", "output.LayerNorm"] {

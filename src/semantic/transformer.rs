@@ -295,16 +295,10 @@ impl TransformerEmbedder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let capped: Vec<&str> = texts
-            .iter()
-            .map(|t| cap_text(t, self.max_tokens))
-            .collect();
+        let capped: Vec<&str> = texts.iter().map(|t| cap_text(t, self.max_tokens)).collect();
         // Padded to the longest of all; each batch below is trimmed to its own longest
         // (padding is on the right, so trimming drops only padding).
-        let encs = self
-            .tokenizer
-            .encode_batch(capped, true)
-            .map_err(tok_err)?;
+        let encs = self.tokenizer.encode_batch(capped, true).map_err(tok_err)?;
         let lens: Vec<usize> = encs
             .iter()
             .map(|e| e.get_attention_mask().iter().filter(|&&m| m != 0).count())
@@ -456,7 +450,10 @@ mod tests {
         assert_eq!(DeviceChoice::parse("auto").unwrap(), DeviceChoice::Auto);
         assert_eq!(DeviceChoice::parse("CPU").unwrap(), DeviceChoice::Cpu);
         assert_eq!(DeviceChoice::parse("cuda").unwrap(), DeviceChoice::Cuda(0));
-        assert_eq!(DeviceChoice::parse("cuda:3").unwrap(), DeviceChoice::Cuda(3));
+        assert_eq!(
+            DeviceChoice::parse("cuda:3").unwrap(),
+            DeviceChoice::Cuda(3)
+        );
         assert_eq!(DeviceChoice::parse("metal").unwrap(), DeviceChoice::Metal);
         assert!(DeviceChoice::parse("cuda:x").is_err());
         assert!(DeviceChoice::parse("tpu").is_err());
@@ -540,7 +537,11 @@ mod tests {
         assert_eq!(e.token_count(&huge).unwrap(), DEFAULT_MAX_TOKENS);
         let v = e.embed(&[huge.as_str(), "short"]).unwrap();
         assert!((norm(&v[0]) - 1.0).abs() < 1e-5);
-        assert!(t.elapsed().as_secs() < 20, "huge text took {:?}", t.elapsed());
+        assert!(
+            t.elapsed().as_secs() < 20,
+            "huge text took {:?}",
+            t.elapsed()
+        );
         // No whitespace at all and multi-byte chars: cut on a char boundary.
         let blob = "é".repeat(3 * 1024 * 1024);
         assert!(e.embed(&[blob.as_str()]).is_ok());

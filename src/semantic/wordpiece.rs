@@ -58,28 +58,25 @@ const MAX_IDS: usize = 1 << 24;
 /// length the words determine the bytes, so comparing (len, words) compares keys.
 #[inline]
 fn key_words(k: &[u8]) -> (u64, u64) {
+    #[inline(always)]
+    fn u32_at(k: &[u8], i: usize) -> u64 {
+        u64::from(u32::from_le_bytes([k[i], k[i + 1], k[i + 2], k[i + 3]]))
+    }
+    #[inline(always)]
+    fn u64_at(k: &[u8], i: usize) -> u64 {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&k[i..i + 8]);
+        u64::from_le_bytes(w)
+    }
     let n = k.len();
-    let u32_at = |i: usize| u64::from(u32::from_le_bytes([k[i], k[i + 1], k[i + 2], k[i + 3]]));
-    let u64_at = |i: usize| {
-        u64::from_le_bytes([
-            k[i],
-            k[i + 1],
-            k[i + 2],
-            k[i + 3],
-            k[i + 4],
-            k[i + 5],
-            k[i + 6],
-            k[i + 7],
-        ])
-    };
     match n {
         0 => (0, 0),
         1..=3 => (
             u64::from(k[0]) | u64::from(k[n / 2]) << 8 | u64::from(k[n - 1]) << 16,
             0,
         ),
-        4..=7 => (u32_at(0) | u32_at(n - 4) << 32, 0),
-        _ => (u64_at(0), u64_at(n - 8)),
+        4..=7 => (u32_at(k, 0) | u32_at(k, n - 4) << 32, 0),
+        _ => (u64_at(k, 0), u64_at(k, n - 8)),
     }
 }
 
@@ -122,6 +119,11 @@ struct VocabTable {
     mask: usize,
     long: Vec<u8>,
     len: usize,
+    /// Longest key in bytes.
+    max_len: usize,
+    /// Longest key starting with each pair of bytes (saturating at 255: then `max_len`).
+    /// Bounds the greedy search, e.g. to a few characters for Cyrillic.
+    max_len2: Box<[u8]>,
 }
 
 #[inline]
@@ -140,6 +142,8 @@ impl VocabTable {
             mask: cap - 1,
             long: Vec::new(),
             len: 0,
+            max_len: 0,
+            max_len2: vec![0u8; 1 << 16].into_boxed_slice(),
         };
         for (key, id) in entries {
             let k = key.as_bytes();
@@ -165,8 +169,26 @@ impl VocabTable {
             t.ctrl[i] = tag_of(h);
             t.slots[i] = slot;
             t.len += 1;
+            t.max_len = t.max_len.max(k.len());
+            if let [a, b, ..] = *k {
+                let m = &mut t.max_len2[usize::from(a) << 8 | usize::from(b)];
+                *m = (*m).max(u8::try_from(k.len()).unwrap_or(u8::MAX));
+            }
         }
         t
+    }
+
+    /// An upper bound on the length of a key that is a prefix of `rest`.
+    #[inline]
+    fn longest_from(&self, rest: &[u8]) -> usize {
+        match *rest {
+            [a, b, ..] => match self.max_len2[usize::from(a) << 8 | usize::from(b)] {
+                u8::MAX => self.max_len,
+                // One-byte keys are not in the pair table.
+                m => usize::from(m).max(1),
+            },
+            _ => 1,
+        }
     }
 
     #[inline]
@@ -427,6 +449,68 @@ fn nfd_u9(input: &[char], out: &mut Vec<char>) {
     }
 }
 
+/// Removed by `clean_text`: NUL, U+FFFD and BERT control characters.
+const F_REMOVE: u8 = 1;
+/// Whitespace (the normalizer's and the pre-tokenizer's definitions agree).
+const F_SPACE: u8 = 2;
+/// BERT punctuation: a word of its own.
+const F_PUNCT: u8 = 4;
+/// A CJK ideograph, which the normalizer surrounds with spaces.
+const F_CJK: u8 = 8;
+/// Needs the accent-stripping pass: decomposes, has a combining class or is `Mn` (Unicode 9).
+const F_ACCENT: u8 = 16;
+/// Changed by lowercasing.
+const F_CASED: u8 = 32;
+
+/// The normaliser's view of one character, computed from the definitions above.
+fn compute_flags(c: char) -> u8 {
+    let mut f = 0;
+    if c == '\0' || c == '\u{fffd}' || is_bert_control(c) {
+        f |= F_REMOVE;
+    }
+    if is_bert_whitespace(c) {
+        f |= F_SPACE;
+    }
+    if is_bert_punct(c) {
+        f |= F_PUNCT;
+    }
+    if is_chinese_char(c) {
+        f |= F_CJK;
+    }
+    let decomposes = !c.is_ascii() && !in_ranges(c, NEW_DECOMPOSING) && {
+        let mut same = true;
+        unicode_normalization::char::decompose_canonical(c, |d| same &= d == c);
+        !same
+    };
+    if decomposes || ccc_u9(c) != 0 || in_ranges(c, MN_U9) {
+        f |= F_ACCENT;
+    }
+    let mut lower = c.to_lowercase();
+    if !(lower.len() == 1 && lower.next() == Some(c)) {
+        f |= F_CASED;
+    }
+    f
+}
+
+/// [`compute_flags`] for every BMP character, built once per process (64 KiB): non-ASCII
+/// text then costs a table load per character instead of several binary searches.
+fn bmp_flags() -> &'static [u8] {
+    static TABLE: std::sync::OnceLock<Box<[u8]>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..0x10000u32)
+            .map(|cp| char::from_u32(cp).map_or(0, compute_flags))
+            .collect()
+    })
+}
+
+#[inline]
+fn flags_in(table: &[u8], c: char) -> u8 {
+    match table.get(c as usize) {
+        Some(&f) => f,
+        None => compute_flags(c),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Configuration
 
@@ -552,9 +636,6 @@ pub struct WordPiece {
     vocab: VocabTable,
     /// Tokens that start with the continuing-subword prefix, keyed without it.
     cont: VocabTable,
-    /// Longest key in `vocab` / `cont`, in bytes: bounds the greedy search.
-    max_vocab_bytes: usize,
-    max_cont_bytes: usize,
     unk: u32,
     max_chars: usize,
     prefix: String,
@@ -642,8 +723,6 @@ impl WordPiece {
         };
 
         let mut entries: Vec<(&str, u32)> = Vec::with_capacity(vocab_json.len());
-        let mut max_vocab_bytes = 0;
-        let mut max_cont_bytes = 0;
         let mut max_id = 0u32;
         for (tok, id) in vocab_json {
             let id = id
@@ -651,10 +730,6 @@ impl WordPiece {
                 .and_then(|n| u32::try_from(n).ok())
                 .ok_or_else(|| WordPieceError::Invalid(format!("vocab id of {tok:?}")))?;
             max_id = max_id.max(id);
-            max_vocab_bytes = max_vocab_bytes.max(tok.len());
-            if let Some(rest) = tok.strip_prefix(prefix.as_str()) {
-                max_cont_bytes = max_cont_bytes.max(rest.len());
-            }
             entries.push((tok.as_str(), id));
         }
         let vocab = VocabTable::build(entries.iter().copied());
@@ -801,8 +876,6 @@ impl WordPiece {
         let mut wp = WordPiece {
             vocab,
             cont,
-            max_vocab_bytes,
-            max_cont_bytes,
             unk,
             max_chars,
             prefix,
@@ -992,9 +1065,11 @@ impl WordPiece {
                 // Unreachable for valid UTF-8 (runs start and end at ASCII boundaries).
                 continue;
             };
-            self.normalize_run(piece, run, tmp);
+            let flags = bmp_flags();
+            self.normalize_run(piece, flags, run, tmp);
             for &c in run.iter() {
-                if c.is_whitespace() {
+                let f = flags_in(flags, c);
+                if f & F_SPACE != 0 {
                     if chars > 0 {
                         if !sink.word(self, word, chars) {
                             return false;
@@ -1002,7 +1077,7 @@ impl WordPiece {
                         word.clear();
                         chars = 0;
                     }
-                } else if is_bert_punct(c) {
+                } else if f & F_PUNCT != 0 {
                     if chars > 0 {
                         if !sink.word(self, word, chars) {
                             return false;
@@ -1032,37 +1107,44 @@ impl WordPiece {
         chars == 0 || sink.word(self, word, chars)
     }
 
-    /// The BertNormalizer applied to a run of text, into `out`.
-    fn normalize_run(&self, s: &str, out: &mut Vec<char>, tmp: &mut Vec<char>) {
+    /// The BertNormalizer applied to a run of text, into `out`. The NFD and lowercasing
+    /// passes are skipped when no character in the run needs them.
+    fn normalize_run(&self, s: &str, flags: &[u8], out: &mut Vec<char>, tmp: &mut Vec<char>) {
         out.clear();
         let Some(n) = self.normalizer else {
             out.extend(s.chars());
             return;
         };
         tmp.clear();
+        let mut accents = false;
+        let mut cased = false;
         for c in s.chars() {
+            let f = flags_in(flags, c);
             if n.clean_text {
-                if c == '\0' || c == '\u{fffd}' || is_bert_control(c) {
+                if f & F_REMOVE != 0 {
                     continue;
                 }
-                if is_bert_whitespace(c) {
+                if f & F_SPACE != 0 {
                     tmp.push(' ');
                     continue;
                 }
             }
-            if n.handle_chinese_chars && is_chinese_char(c) {
+            accents |= f & F_ACCENT != 0;
+            cased |= f & F_CASED != 0;
+            if n.handle_chinese_chars && f & F_CJK != 0 {
                 tmp.extend([' ', c, ' ']);
             } else {
                 tmp.push(c);
             }
         }
-        if n.strip_accents {
+        if n.strip_accents && accents {
             nfd_u9(tmp, out);
             out.retain(|&c| !in_ranges(c, MN_U9));
             std::mem::swap(tmp, out);
             out.clear();
+            cased = true;
         }
-        if n.lowercase {
+        if n.lowercase && cased {
             for &c in tmp.iter() {
                 if c.is_ascii() {
                     out.push(c.to_ascii_lowercase());
@@ -1087,12 +1169,8 @@ impl WordPiece {
         let n = word.len();
         let mut start = 0;
         while start < n {
-            let (map, max_bytes) = if start == 0 {
-                (&self.vocab, self.max_vocab_bytes)
-            } else {
-                (&self.cont, self.max_cont_bytes)
-            };
-            let mut end = n.min(start + max_bytes);
+            let map = if start == 0 { &self.vocab } else { &self.cont };
+            let mut end = n.min(start + map.longest_from(&word.as_bytes()[start..]));
             while !word.is_char_boundary(end) {
                 end -= 1;
             }
@@ -1176,8 +1254,8 @@ impl WordPiece {
     }
 
     /// Ids that carry no text: special added tokens and the post-processor's tokens, sorted.
-    pub fn special_ids(&self) -> &[u32] {
-        &self.special_ids
+    pub fn special_ids(&self) -> Vec<u32> {
+        self.special_ids.clone()
     }
 
     /// The continuing-subword prefix (`##`).
@@ -1825,6 +1903,33 @@ mod tests {
             total += compare_generated(&path, 100 + i as u64, 500);
         }
         eprintln!("compared {total} generated strings with tokenizers (other normalizer settings)");
+    }
+
+    #[test]
+    fn generated_strings_match_tokenizers_other_pipelines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = build_small_tokenizer(dir.path(), true, true, None, true);
+        let json: Value =
+            serde_json::from_str(&std::fs::read_to_string(&base).expect("read")).expect("json");
+        let mut total = 0;
+        for (i, (ptr, value)) in [
+            ("/normalizer", Value::Null),
+            (
+                "/post_processor",
+                serde_json::json!({"type": "BertProcessing", "sep": ["[SEP]", 3], "cls": ["[CLS]", 2]}),
+            ),
+            ("/post_processor", Value::Null),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut j = json.clone();
+            *j.pointer_mut(ptr).expect("field exists") = value;
+            let path = dir.path().join(format!("variant{i}.json"));
+            std::fs::write(&path, j.to_string()).expect("write");
+            total += compare_generated(&path, 200 + i as u64, 400);
+        }
+        eprintln!("compared {total} generated strings with tokenizers (other pipelines)");
     }
 
     #[test]

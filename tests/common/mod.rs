@@ -52,6 +52,8 @@ pub fn config_for(upstream: &str, provider: Option<Provider>) -> Config {
         provider,
     });
     cfg.shutdown_grace = Duration::from_secs(5);
+    // The tap's own tests run without the semantic engine (tests/semantic_live.rs covers it).
+    cfg.semantic.enabled = false;
     cfg
 }
 

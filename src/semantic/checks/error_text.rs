@@ -483,7 +483,10 @@ fn prompt_factor(prompt: &str) -> f64 {
 ///
 /// Whole-answer shapes score directly: a JSON error envelope (`{"error": {...}}`,
 /// `{"type": "error", ...}`, `{"object": "error", ...}`: 1.0; `{"error": "..."}` 0.6;
-/// `{"detail": "..."}` 0.7) and an HTML error page (0.95).
+/// `{"detail": "..."}` 0.7) and an HTML error page whose title or heading names an HTTP
+/// error (0.95). A JSON answer is parsed (up to 64 KiB) only when its first key is `error`
+/// or `detail` or its first 256 bytes say `"type": "error"` / `"object": "error"`, so
+/// structured-output answers cost no parse.
 ///
 /// Finally, the prompt (its first 8 KiB, read only when the score is above 0) discounts:
 /// × 0.4 when it holds an error itself (a pasted traceback or error JSON), × 0.55 when it
