@@ -213,12 +213,19 @@ async fn serve(
 /// Keys contain slashes (`listener/provider/model[/route]`); they may be percent-encoded.
 async fn baselines_api(state: &AdminState, method: &Method, path: &str) -> Response<Full<Bytes>> {
     let Some(sem) = state.semantic.lock().clone() else {
-        return json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"error": "the semantic engine is disabled"}));
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"error": "the semantic engine is disabled"}),
+        );
     };
     let engine = sem.engine();
     if path == "/baselines" || path == "/baselines/" {
         if method != Method::GET {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n".into());
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "use GET\n".into(),
+            );
         }
         let list = engine.lock().baselines();
         return json(StatusCode::OK, &serde_json::json!({ "baselines": list }));
@@ -231,22 +238,38 @@ async fn baselines_api(state: &AdminState, method: &Method, path: &str) -> Respo
     let (key, action) = match rest.rsplit_once('/') {
         Some((k, a)) if a == "pin" || a == "reset" => (percent_decode(k), a),
         _ => {
-            return json(StatusCode::NOT_FOUND, &serde_json::json!({"error": "use /baselines/{key}/pin or /baselines/{key}/reset"}));
+            return json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({"error": "use /baselines/{key}/pin or /baselines/{key}/reset"}),
+            );
         }
     };
     if method != Method::POST {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use POST\n".into());
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "use POST\n".into(),
+        );
     }
     let found = match action {
         "pin" => engine.lock().pin(&key).then_some(0),
         _ => {
             let key2 = key.clone();
-            tokio::task::spawn_blocking(move || sem.reset(&key2)).await.ok().flatten()
+            tokio::task::spawn_blocking(move || sem.reset(&key2))
+                .await
+                .ok()
+                .flatten()
         }
     };
     match found {
-        Some(resolved) => json(StatusCode::OK, &serde_json::json!({"key": key, "action": action, "resolved_incidents": resolved})),
-        None => json(StatusCode::NOT_FOUND, &serde_json::json!({"error": format!("no baseline for key `{key}`")})),
+        Some(resolved) => json(
+            StatusCode::OK,
+            &serde_json::json!({"key": key, "action": action, "resolved_incidents": resolved}),
+        ),
+        None => json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"error": format!("no baseline for key `{key}`")}),
+        ),
     }
 }
 

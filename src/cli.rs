@@ -291,22 +291,37 @@ fn demo(common: Common, args: DemoArgs) -> ExitCode {
 }
 
 fn log_for_tools(common: &Common) {
-    let format = common.log_format.as_deref().and_then(LogFormat::parse).unwrap_or_default();
+    let format = common
+        .log_format
+        .as_deref()
+        .and_then(LogFormat::parse)
+        .unwrap_or_default();
     init_logging(format, common.log_level.as_deref().unwrap_or("warn"));
 }
 
-fn load_tier(common: &Common, tier: &str) -> Result<Option<std::sync::Arc<dyn crate::semantic::TextEmbedder>>, String> {
+fn load_tier(
+    common: &Common,
+    tier: &str,
+) -> Result<Option<std::sync::Arc<dyn crate::semantic::TextEmbedder>>, String> {
     use crate::semantic::{load, model};
     if tier == "none" {
         return Ok(None);
     }
     if tier != "static" && tier != "transformer" {
-        return Err(format!("--tier must be static, transformer or none, not `{tier}`"));
+        return Err(format!(
+            "--tier must be static, transformer or none, not `{tier}`"
+        ));
     }
-    let files = model::resolve(model::DEFAULT_MODEL, common.model_dir.as_deref()).map_err(|e| e.to_string())?;
+    let files = model::resolve(model::DEFAULT_MODEL, common.model_dir.as_deref())
+        .map_err(|e| e.to_string())?;
     let e: std::sync::Arc<dyn crate::semantic::TextEmbedder> = if tier == "static" {
         let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(indicatif::ProgressStyle::with_template("distilling the static table {bar:40} {pos}/{len}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "distilling the static table {bar:40} {pos}/{len}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
         let e = load::static_tier(&files, "auto", 256, None, |done, total| {
             bar.set_length(total as u64);
             bar.set_position(done as u64);
@@ -331,7 +346,12 @@ fn replay(common: Common, args: ReplayArgs) -> ExitCode {
     };
     let (records, bad) = crate::replay::read_records(std::io::BufReader::new(file));
     for b in &bad {
-        eprintln!("warning: {}:{}: skipped: {}", args.file.display(), b.line, b.reason);
+        eprintln!(
+            "warning: {}:{}: skipped: {}",
+            args.file.display(),
+            b.line,
+            b.reason
+        );
     }
     let embedder = match load_tier(&common, &args.tier) {
         Ok(e) => e,
@@ -358,7 +378,10 @@ fn replay(common: Common, args: ReplayArgs) -> ExitCode {
     match crate::replay::run(&mut engine, &records, &mut out) {
         Ok(mut summary) => {
             summary.malformed_lines = bad.len();
-            eprintln!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+            eprintln!(
+                "{}",
+                serde_json::to_string_pretty(&summary).unwrap_or_default()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -405,10 +428,11 @@ fn model(common: Common, action: ModelAction) -> ExitCode {
                 println!("model installed in {}", files.dir.display());
                 // Distil and cache the static tier now, so the first run starts at full speed.
                 let bar = indicatif::ProgressBar::new(0);
-                let r = crate::semantic::load::static_tier(&files, "auto", 256, None, |done, total| {
-                    bar.set_length(total as u64);
-                    bar.set_position(done as u64);
-                });
+                let r =
+                    crate::semantic::load::static_tier(&files, "auto", 256, None, |done, total| {
+                        bar.set_length(total as u64);
+                        bar.set_position(done as u64);
+                    });
                 bar.finish_and_clear();
                 match r {
                     Ok(_) => println!("static tier table cached next to the model"),
@@ -421,15 +445,17 @@ fn model(common: Common, action: ModelAction) -> ExitCode {
                 ExitCode::from(EXIT_RUNTIME)
             }
         },
-        ModelAction::Where => match model::resolve(model::DEFAULT_MODEL, common.model_dir.as_deref()) {
-            Ok(files) => {
-                println!("{}", files.dir.display());
-                ExitCode::SUCCESS
+        ModelAction::Where => {
+            match model::resolve(model::DEFAULT_MODEL, common.model_dir.as_deref()) {
+                Ok(files) => {
+                    println!("{}", files.dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
             }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(EXIT_RUNTIME)
-            }
-        },
+        }
     }
 }

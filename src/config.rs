@@ -750,16 +750,29 @@ fn build(file: FileConfig, source: &str, ov: &Overrides) -> Result<Config, Confi
     }
     sc.model_dir = ov.model_dir.clone().or(sem.model_dir.clone());
     if let Some(d) = &sem.device {
-        let ok = d == "auto" || d == "cpu" || d == "metal" || d.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok()) || d == "cuda";
+        let ok = d == "auto"
+            || d == "cpu"
+            || d == "metal"
+            || d.strip_prefix("cuda:")
+                .is_some_and(|n| n.parse::<usize>().is_ok())
+            || d == "cuda";
         if ok {
             sc.device = d.clone();
         } else {
-            issue!(source, "semantic.device", format!("`{d}` is not auto, cpu, cuda:N or metal"));
+            issue!(
+                source,
+                "semantic.device",
+                format!("`{d}` is not auto, cpu, cuda:N or metal")
+            );
         }
     }
     if let Some(v) = positive!(sem.max_tokens, "semantic.max_tokens") {
         if v > 512 {
-            issue!(source, "semantic.max_tokens", "must be at most 512 (the model's position limit)");
+            issue!(
+                source,
+                "semantic.max_tokens",
+                "must be at most 512 (the model's position limit)"
+            );
         } else {
             sc.max_tokens = v as usize;
         }
@@ -788,7 +801,11 @@ fn build(file: FileConfig, source: &str, ov: &Overrides) -> Result<Config, Confi
         if t >= 10.0 {
             sc.engine.drift_threshold = t;
         } else {
-            issue!(source, "semantic.drift_threshold", "must be at least 10 (it is an average run length in responses)");
+            issue!(
+                source,
+                "semantic.drift_threshold",
+                "must be at least 10 (it is an average run length in responses)"
+            );
         }
     }
     if let Some(c) = sem.cooldown {
@@ -798,7 +815,11 @@ fn build(file: FileConfig, source: &str, ov: &Overrides) -> Result<Config, Confi
         if (0.0..=1.0).contains(&f) {
             sc.transformer_sample = f;
         } else {
-            issue!(source, "semantic.transformer_sample", "must be between 0 and 1");
+            issue!(
+                source,
+                "semantic.transformer_sample",
+                "must be between 0 and 1"
+            );
         }
     }
 

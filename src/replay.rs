@@ -30,7 +30,10 @@ pub fn read_records(input: impl BufRead) -> (Vec<ExchangeRecord>, Vec<BadLine>) 
         let bytes = match line {
             Ok(b) => b,
             Err(e) => {
-                bad.push(BadLine { line: line_no, reason: format!("read error: {e}") });
+                bad.push(BadLine {
+                    line: line_no,
+                    reason: format!("read error: {e}"),
+                });
                 break;
             }
         };
@@ -41,7 +44,10 @@ pub fn read_records(input: impl BufRead) -> (Vec<ExchangeRecord>, Vec<BadLine>) 
         }
         match parse_record(text) {
             Ok(r) => records.push(r),
-            Err(reason) => bad.push(BadLine { line: line_no, reason }),
+            Err(reason) => bad.push(BadLine {
+                line: line_no,
+                reason,
+            }),
         }
     }
     records.sort_by_key(|r| r.ts_ms);
@@ -93,7 +99,8 @@ pub fn parse_record(text: &str) -> Result<ExchangeRecord, String> {
         let canonical = Provider::parse(p).map(|p| p.as_str()).unwrap_or("unknown");
         m.insert("provider".into(), Value::String(canonical.into()));
     }
-    let mut rec: ExchangeRecord = serde_json::from_value(Value::Object(m)).map_err(|e| format!("invalid record: {e}"))?;
+    let mut rec: ExchangeRecord =
+        serde_json::from_value(Value::Object(m)).map_err(|e| format!("invalid record: {e}"))?;
     if rec.listener.is_empty() {
         rec.listener = "replay".into();
     }
@@ -101,7 +108,11 @@ pub fn parse_record(text: &str) -> Result<ExchangeRecord, String> {
         rec.provider = Provider::OpenAi;
     }
     if !has_api {
-        rec.api = if rec.provider == Provider::Anthropic { Api::Messages } else { Api::ChatCompletions };
+        rec.api = if rec.provider == Provider::Anthropic {
+            Api::Messages
+        } else {
+            Api::ChatCompletions
+        };
     }
     if rec.operation.is_empty() {
         rec.operation = rec.api.operation().to_string();
@@ -116,7 +127,9 @@ pub fn parse_record(text: &str) -> Result<ExchangeRecord, String> {
         rec.stream = true;
     }
     match rec.error_type.as_deref() {
-        Some("stream_interrupted") | Some("upstream_body_error") | Some("idle_timeout") => rec.outcome = Outcome::StreamInterrupted,
+        Some("stream_interrupted") | Some("upstream_body_error") | Some("idle_timeout") => {
+            rec.outcome = Outcome::StreamInterrupted
+        }
         Some("timeout") | Some("upstream_timeout") => rec.outcome = Outcome::UpstreamTimeout,
         Some("upstream_unreachable") => rec.outcome = Outcome::UpstreamUnreachable,
         _ => {}
@@ -142,7 +155,11 @@ pub struct Summary {
 }
 
 /// Runs `engine` over `records`, writing exchange and incident lines to `out`.
-pub fn run(engine: &mut Engine, records: &[ExchangeRecord], out: &mut dyn Write) -> std::io::Result<Summary> {
+pub fn run(
+    engine: &mut Engine,
+    records: &[ExchangeRecord],
+    out: &mut dyn Write,
+) -> std::io::Result<Summary> {
     let mut summary = Summary {
         records: records.len(),
         tier: engine.tier().unwrap_or("none").to_string(),
@@ -158,7 +175,11 @@ pub fn run(engine: &mut Engine, records: &[ExchangeRecord], out: &mut dyn Write)
         out.write_all(b"\n")?;
         for ev in events {
             let i = &ev.incident;
-            let bucket = if ev.state == "opened" { &mut summary.incidents_opened } else { &mut summary.incidents_resolved };
+            let bucket = if ev.state == "opened" {
+                &mut summary.incidents_opened
+            } else {
+                &mut summary.incidents_resolved
+            };
             *bucket.entry(i.kind.as_str().to_string()).or_default() += 1;
             let line = json!({
                 "type": "incident", "state": ev.state, "kind": i.kind, "key": i.key,
@@ -179,7 +200,9 @@ mod tests {
 
     #[test]
     fn minimal_records_take_documented_defaults() {
-        let r = parse_record(r#"{"id":"a","ts_ms":5,"response":"hi","finish_reason":"length","latency_ms":120,"output_tokens":7}"#);
+        let r = parse_record(
+            r#"{"id":"a","ts_ms":5,"response":"hi","finish_reason":"length","latency_ms":120,"output_tokens":7}"#,
+        );
         let r = match r {
             Ok(r) => r,
             Err(e) => panic!("{e}"),

@@ -98,7 +98,13 @@ impl Running {
             )
             .map_err(|source| StartError::Semantic { source })?;
             pipeline.add_sink(sink.clone());
-            crate::semantic::load::load_in_background(&cfg.semantic, cfg.state_dir.clone(), sink.clone(), health.clone(), metrics.clone());
+            crate::semantic::load::load_in_background(
+                &cfg.semantic,
+                cfg.state_dir.clone(),
+                sink.clone(),
+                health.clone(),
+                metrics.clone(),
+            );
             Some(sink)
         } else {
             health.set("semantic", "ok", "disabled");

@@ -303,7 +303,6 @@ async fn a_planted_key_appears_nowhere_semtap_writes() {
     let metrics = get_text(&format!("http://{admin}/metrics")).await.1;
     let status = get_text(&format!("http://{admin}/status")).await.1;
     let baselines = get_text(&format!("http://{admin}/baselines")).await.1;
-    let baselines = get_text(&format!("http://{admin}/baselines")).await.1;
     assert!(baselines.contains("main/openai/gpt-4o"), "{baselines}");
     let logs = p.output();
     drop(p);

@@ -15,8 +15,16 @@ struct HashEmbedder;
 impl TextEmbedder for HashEmbedder {
     fn embed(&self, text: &str) -> Vec<f32> {
         let mut v = vec![0f32; 64];
-        for w in text.split(|c: char| !c.is_alphanumeric()).filter(|w| w.len() > 2) {
-            let h = w.to_lowercase().bytes().fold(1469598103934665603u64, |h, b| (h ^ u64::from(b)).wrapping_mul(1099511628211));
+        for w in text
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| w.len() > 2)
+        {
+            let h = w
+                .to_lowercase()
+                .bytes()
+                .fold(1469598103934665603u64, |h, b| {
+                    (h ^ u64::from(b)).wrapping_mul(1099511628211)
+                });
             v[(h % 64) as usize] += 1.0;
             v[((h >> 8) % 64) as usize] += 0.5;
         }
@@ -70,7 +78,11 @@ fn record(i: u64, key_model: &str, response: &str) -> ExchangeRecord {
         prompt: Some("Tell me something useful about cooking.".into()),
         response: response.into(),
         finish_reasons: vec!["stop".into()],
-        usage: Usage { input_tokens: Some(20), output_tokens: Some(30 + (i % 7) * 3), ..Default::default() },
+        usage: Usage {
+            input_tokens: Some(20),
+            output_tokens: Some(30 + (i % 7) * 3),
+            ..Default::default()
+        },
         duration_ms: 800.0 + (i % 13) as f64 * 10.0,
         ttft_ms: Some(200.0 + (i % 11) as f64 * 5.0),
         stream: true,
@@ -85,20 +97,35 @@ fn cooking(i: u64) -> String {
 }
 
 fn engine(embedder: bool) -> Engine {
-    let cfg = EngineConfig { baseline_size: 100, ..Default::default() };
-    let e: Option<Arc<dyn TextEmbedder>> = if embedder { Some(Arc::new(HashEmbedder)) } else { None };
+    let cfg = EngineConfig {
+        baseline_size: 100,
+        ..Default::default()
+    };
+    let e: Option<Arc<dyn TextEmbedder>> = if embedder {
+        Some(Arc::new(HashEmbedder))
+    } else {
+        None
+    };
     Engine::new(cfg, e, "t")
 }
 
 fn opened(events: &[IncidentEvent], kind: &str) -> bool {
-    events.iter().any(|e| e.state == "opened" && e.incident.kind.as_str() == kind)
+    events
+        .iter()
+        .any(|e| e.state == "opened" && e.incident.kind.as_str() == kind)
 }
 
 /// Runs `n` normal exchanges from index `start`; asserts none opens an incident.
 fn steady(e: &mut Engine, start: u64, n: u64) {
     for i in start..start + n {
         let (_, ev) = e.process(&record(i, "gpt-4o", &cooking(i)));
-        assert!(ev.is_empty(), "no incident on normal traffic, got {:?} at {i}", ev.iter().map(|e| e.incident.kind.as_str()).collect::<Vec<_>>());
+        assert!(
+            ev.is_empty(),
+            "no incident on normal traffic, got {:?} at {i}",
+            ev.iter()
+                .map(|e| e.incident.kind.as_str())
+                .collect::<Vec<_>>()
+        );
     }
 }
 
@@ -118,7 +145,11 @@ fn a_burst_of_blank_answers_opens_blank_rate_and_resolves() {
     steady(&mut e, 0, 150);
     let mut all = Vec::new();
     for i in 150..170 {
-        let text = if i % 2 == 0 { String::new() } else { cooking(i) };
+        let text = if i % 2 == 0 {
+            String::new()
+        } else {
+            cooking(i)
+        };
         let (a, ev) = e.process(&record(i, "gpt-4o", &text));
         if text.is_empty() {
             assert!(a.flags.contains(&"blank"));
@@ -129,7 +160,9 @@ fn a_burst_of_blank_answers_opens_blank_rate_and_resolves() {
     let mut resolved = false;
     for i in 170..260 {
         let (_, ev) = e.process(&record(i, "gpt-4o", &cooking(i)));
-        resolved |= ev.iter().any(|e| e.state == "resolved" && e.incident.kind.as_str() == "blank_rate");
+        resolved |= ev
+            .iter()
+            .any(|e| e.state == "resolved" && e.incident.kind.as_str() == "blank_rate");
     }
     assert!(resolved);
 }
@@ -147,7 +180,10 @@ fn server_errors_and_429s_open_their_incidents() {
     }
     assert!(opened(&all, "error_rate"));
     assert!(opened(&all, "rate_limited"));
-    let err = all.iter().find(|e| e.incident.kind.as_str() == "error_rate").map(|e| e.incident.clone());
+    let err = all
+        .iter()
+        .find(|e| e.incident.kind.as_str() == "error_rate")
+        .map(|e| e.incident.clone());
     let err = err.expect("error incident");
     assert!(!err.evidence.example_ids.is_empty());
     assert_eq!(err.key, "main/openai/gpt-4o");
@@ -164,9 +200,18 @@ fn a_silent_model_swap_is_an_incident_and_keeps_the_baseline() {
         all.extend(e.process(&r).1);
     }
     assert!(opened(&all, "model_changed"));
-    let ev = all.iter().find(|e| e.incident.kind.as_str() == "model_changed").map(|e| e.incident.evidence.detail.clone());
-    assert_eq!(ev.as_deref(), Some("gpt-4o-2024-08-06 -> gpt-4o-2024-11-20"));
-    assert!(e.baselines()[0].ready, "the swap does not reset the baseline");
+    let ev = all
+        .iter()
+        .find(|e| e.incident.kind.as_str() == "model_changed")
+        .map(|e| e.incident.evidence.detail.clone());
+    assert_eq!(
+        ev.as_deref(),
+        Some("gpt-4o-2024-08-06 -> gpt-4o-2024-11-20")
+    );
+    assert!(
+        e.baselines()[0].ready,
+        "the swap does not reset the baseline"
+    );
 }
 
 #[test]
@@ -183,7 +228,10 @@ fn a_topic_shift_is_drift_within_100_responses() {
             break;
         }
     }
-    assert!(found.is_some_and(|i| i < 100), "drift found after {found:?} responses");
+    assert!(
+        found.is_some_and(|i| i < 100),
+        "drift found after {found:?} responses"
+    );
 }
 
 #[test]
@@ -237,7 +285,10 @@ fn the_engine_never_panics_on_odd_text() {
     let mut e = engine(true);
     let huge = "word ".repeat(2_000_000);
     let lossy = String::from_utf8_lossy(&[0xff, 0xfe, b'a', 0xc3]).into_owned();
-    for (i, t) in ["", " ", "\u{0}\u{1}", &huge, &lossy, "🙂🙂🙂", "a"].iter().enumerate() {
+    for (i, t) in ["", " ", "\u{0}\u{1}", &huge, &lossy, "🙂🙂🙂", "a"]
+        .iter()
+        .enumerate()
+    {
         let (a, _) = e.process(&record(i as u64, "m", t));
         assert!(!a.scores.is_empty());
     }

@@ -18,13 +18,18 @@ async fn wait_component(admin: &str, want: &str) -> serde_json::Value {
         if v["components"]["semantic"]["status"] == want {
             return v;
         }
-        assert!(Instant::now() < deadline, "semantic never became {want}: {v}");
+        assert!(
+            Instant::now() < deadline,
+            "semantic never became {want}: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 async fn post(url: &str) -> (u16, String) {
-    let req = http::Request::post(url).body(Full::new(Bytes::new())).expect("req");
+    let req = http::Request::post(url)
+        .body(Full::new(Bytes::new()))
+        .expect("req");
     let (s, _, b) = send(&client(), req).await;
     (s, String::from_utf8_lossy(&b).into_owned())
 }
@@ -46,26 +51,48 @@ async fn live_engine_flags_answers_opens_incidents_and_serves_the_baselines_api(
     let c = client();
     let url = format!("{}/v1/chat/completions", t.base());
     for i in 0..30 {
-        let req = post_json(&url, &chat_body("gpt-4o-mini", "Why is the sky blue?", i % 2 == 0));
-        let req = if i < 6 { with_header(req, "x-mock-fault", "blank") } else if i >= 10 { with_header(req, "x-mock-fault", "status=529") } else { req };
+        let req = post_json(
+            &url,
+            &chat_body("gpt-4o-mini", "Why is the sky blue?", i % 2 == 0),
+        );
+        let req = if i < 6 {
+            with_header(req, "x-mock-fault", "blank")
+        } else if i >= 10 {
+            with_header(req, "x-mock-fault", "status=529")
+        } else {
+            req
+        };
         send(&c, req).await;
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     let incidents = loop {
         let (_, body) = get_text(&format!("{admin}/incidents")).await;
         let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-        if v["open"].as_array().is_some_and(|a| a.iter().any(|i| i["kind"] == "error_rate")) {
+        if v["open"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|i| i["kind"] == "error_rate"))
+        {
             break v;
         }
         assert!(Instant::now() < deadline, "no error_rate incident: {v}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let inc = incidents["open"].as_array().and_then(|a| a.iter().find(|i| i["kind"] == "error_rate")).cloned().unwrap_or_default();
+    let inc = incidents["open"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["kind"] == "error_rate"))
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(inc["key"], "test/openai/gpt-4o-mini");
-    assert!(!inc["evidence"]["example_ids"].as_array().map(|a| a.is_empty()).unwrap_or(true));
+    assert!(!inc["evidence"]["example_ids"]
+        .as_array()
+        .map(|a| a.is_empty())
+        .unwrap_or(true));
 
     let m = get_text(&format!("{admin}/metrics")).await.1;
-    assert!(prom_sum(&m, "semtap_flags_total", &["flag=\"blank\""]) >= 6.0, "{m}");
+    assert!(
+        prom_sum(&m, "semtap_flags_total", &["flag=\"blank\""]) >= 6.0,
+        "{m}"
+    );
     assert!(prom_sum(&m, "semtap_incidents_open", &["kind=\"error_rate\""]) >= 1.0);
 
     let (s, body) = get_text(&format!("{admin}/baselines")).await;
@@ -73,14 +100,20 @@ async fn live_engine_flags_answers_opens_incidents_and_serves_the_baselines_api(
     assert!(body.contains("test/openai/gpt-4o-mini"), "{body}");
     let (s, _) = post(&format!("{admin}/baselines/test/openai/gpt-4o-mini/pin")).await;
     assert_eq!(s, 200);
-    let (s, body) = post(&format!("{admin}/baselines/test%2Fopenai%2Fgpt-4o-mini/reset")).await;
+    let (s, body) = post(&format!(
+        "{admin}/baselines/test%2Fopenai%2Fgpt-4o-mini/reset"
+    ))
+    .await;
     assert_eq!(s, 200, "{body}");
     assert!(body.contains("\"resolved_incidents\": 1"), "{body}");
     let (s, _) = post(&format!("{admin}/baselines/no/such/key/reset")).await;
     assert_eq!(s, 404);
 
     t.running.shutdown().await;
-    assert!(state.path().join("baselines.json").exists(), "baselines saved at shutdown");
+    assert!(
+        state.path().join("baselines.json").exists(),
+        "baselines saved at shutdown"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,18 +127,31 @@ async fn a_missing_model_degrades_semantics_but_traffic_flows() {
     let admin = t.admin();
     let v = wait_component(&admin, "degraded").await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut detail = v["components"]["semantic"]["detail"].as_str().unwrap_or("").to_string();
+    let mut detail = v["components"]["semantic"]["detail"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     while !detail.contains("model not found") {
         assert!(Instant::now() < deadline, "{detail}");
         tokio::time::sleep(Duration::from_millis(50)).await;
         let (_, body) = get_text(&format!("{admin}/status")).await;
         let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-        detail = v["components"]["semantic"]["detail"].as_str().unwrap_or("").to_string();
+        detail = v["components"]["semantic"]["detail"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
     }
     let (s, body) = get_text(&format!("{admin}/readyz")).await;
     assert_eq!(s, 200, "degraded is still ready: {body}");
     assert!(body.contains("semantic"), "{body}");
-    let req = with_header(post_json(&format!("{}/v1/chat/completions", t.base()), &chat_body("gpt-4o", "x", false)), "x-mock-fault", "blank");
+    let req = with_header(
+        post_json(
+            &format!("{}/v1/chat/completions", t.base()),
+            &chat_body("gpt-4o", "x", false),
+        ),
+        "x-mock-fault",
+        "blank",
+    );
     let (s, _, _) = send(&client(), req).await;
     assert_eq!(s, 200);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -115,7 +161,10 @@ async fn a_missing_model_degrades_semantics_but_traffic_flows() {
             assert_eq!(prom_sum(&m, "semtap_semantic_degraded", &[]), 1.0);
             break;
         }
-        assert!(Instant::now() < deadline, "cheap checks keep running without the model");
+        assert!(
+            Instant::now() < deadline,
+            "cheap checks keep running without the model"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     t.running.shutdown().await;

@@ -109,7 +109,7 @@ async fn openai_chat_records_streaming_and_not() {
             post_json(&format!("{}/v1/chat/completions", up.url()), &body),
         )
         .await;
-        let _ = t.next_record_opt();
+        t.next_record_opt();
         let tapped = send(
             &c,
             post_json(&format!("{}/v1/chat/completions", t.base()), &body),

@@ -115,7 +115,16 @@ impl Reference {
         let has_vectors = n > K && self.points.iter().all(|p| !p.vector.is_empty());
         let knn: Vec<f64> = if has_vectors {
             (0..n)
-                .map(|i| knn_distance(&self.points[i].vector, self.points.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, p)| p.vector.as_slice())))
+                .map(|i| {
+                    knn_distance(
+                        &self.points[i].vector,
+                        self.points
+                            .iter()
+                            .enumerate()
+                            .filter(|(j, _)| *j != i)
+                            .map(|(_, p)| p.vector.as_slice()),
+                    )
+                })
                 .collect()
         } else {
             Vec::new()
@@ -139,9 +148,17 @@ impl Reference {
             Vec::new()
         };
         outlier.sort_by(f64::total_cmp);
-        let mut len_sorted: Vec<f64> = lens.iter().map(|&l| (l - len_median).abs() / len_mad).collect();
+        let mut len_sorted: Vec<f64> = lens
+            .iter()
+            .map(|&l| (l - len_median).abs() / len_mad)
+            .collect();
         len_sorted.sort_by(f64::total_cmp);
-        let mut rel: Vec<f64> = self.points.iter().filter_map(|p| p.relevance).map(|r| -r).collect();
+        let mut rel: Vec<f64> = self
+            .points
+            .iter()
+            .filter_map(|p| p.relevance)
+            .map(|r| -r)
+            .collect();
         rel.sort_by(f64::total_cmp);
         for x in &self.absorbed.outlier {
             if !outlier.is_empty() {
@@ -184,7 +201,13 @@ impl Reference {
     }
 
     /// Scores an answer. `None` until the reference is ready.
-    pub fn score(&self, vector: Option<&[f32]>, log_len: f64, relevance: Option<f64>, u: f64) -> Option<RefScores> {
+    pub fn score(
+        &self,
+        vector: Option<&[f32]>,
+        log_len: f64,
+        relevance: Option<f64>,
+        u: f64,
+    ) -> Option<RefScores> {
         let s = self.stats.as_ref()?;
         let len_nc = (log_len - s.len_median).abs() / s.len_mad;
         let length_p = p_value(&s.len_sorted, len_nc, u);
@@ -197,7 +220,9 @@ impl Reference {
             _ => (None, None, None),
         };
         let (relevance_p, relevance_nc) = match relevance {
-            Some(r) if s.relevance_sorted.len() >= K => (Some(p_value(&s.relevance_sorted, -r, u)), Some(-r)),
+            Some(r) if s.relevance_sorted.len() >= K => {
+                (Some(p_value(&s.relevance_sorted, -r, u)), Some(-r))
+            }
             _ => (None, None),
         };
         Some(RefScores {
@@ -282,7 +307,12 @@ mod tests {
     }
 
     fn around(center: &[f32], u: &mut Uniforms, noise: f32) -> Vec<f32> {
-        unit(center.iter().map(|c| c + noise * (u.next_f64() as f32 - 0.5)).collect())
+        unit(
+            center
+                .iter()
+                .map(|c| c + noise * (u.next_f64() as f32 - 0.5))
+                .collect(),
+        )
     }
 
     #[test]
@@ -291,20 +321,32 @@ mod tests {
         let center: Vec<f32> = (0..16).map(|i| (i as f32).sin()).collect();
         let mut r = Reference::new(200, 0);
         for _ in 0..200 {
-            r.learn(RefPoint { vector: around(&center, &mut u, 0.8), log_len: 5.0 + u.next_f64(), relevance: Some(0.5) });
+            r.learn(RefPoint {
+                vector: around(&center, &mut u, 0.8),
+                log_len: 5.0 + u.next_f64(),
+                relevance: Some(0.5),
+            });
         }
         assert!(r.is_ready());
         let mut small = 0;
         for _ in 0..1000 {
             let v = around(&center, &mut u, 0.8);
-            let s = r.score(Some(&v), 5.0 + u.next_f64(), Some(0.5), u.next_f64()).map(|s| s.outlier_p.unwrap_or(1.0)).unwrap_or(1.0);
+            let s = r
+                .score(Some(&v), 5.0 + u.next_f64(), Some(0.5), u.next_f64())
+                .map(|s| s.outlier_p.unwrap_or(1.0))
+                .unwrap_or(1.0);
             if s <= 0.01 {
                 small += 1;
             }
         }
-        assert!(small < 30, "about 1% of normal answers at p ≤ 0.01: {small}");
+        assert!(
+            small < 30,
+            "about 1% of normal answers at p ≤ 0.01: {small}"
+        );
         let far: Vec<f32> = unit((0..16).map(|i| (i as f32 * 2.3).cos()).collect());
-        let s = r.score(Some(&far), 5.5, Some(0.5), 0.5).and_then(|s| s.outlier_p);
+        let s = r
+            .score(Some(&far), 5.5, Some(0.5), 0.5)
+            .and_then(|s| s.outlier_p);
         assert!(s.is_some_and(|p| p <= 0.01), "{s:?}");
         let s = r.score(Some(&around(&center, &mut u, 0.8)), 1.0, Some(-0.9), 0.5);
         assert!(s.is_some_and(|s| s.length_p <= 0.01 && s.relevance_p.is_some_and(|p| p <= 0.01)));

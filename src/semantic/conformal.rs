@@ -174,13 +174,19 @@ mod tests {
         for _ in 0..20_000 {
             max_null = max_null.max(sr.update(u.next_f64()));
         }
-        assert!(max_null < 1e5, "no false alarm at A=1e5 in 20k null steps: {max_null}");
+        assert!(
+            max_null < 1e5,
+            "no false alarm at A=1e5 in 20k null steps: {max_null}"
+        );
         sr.reset();
         let mut steps = 0;
         while sr.update(0.004) < 1e5 {
             steps += 1;
         }
-        assert!(steps < 15, "a clear change is found within a few responses: {steps}");
+        assert!(
+            steps < 15,
+            "a clear change is found within a few responses: {steps}"
+        );
     }
 
     #[test]

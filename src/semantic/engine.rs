@@ -160,21 +160,35 @@ pub fn key_of(rec: &ExchangeRecord) -> String {
 }
 
 fn is_content_api(api: Api) -> bool {
-    matches!(api, Api::ChatCompletions | Api::Responses | Api::Completions | Api::Messages)
+    matches!(
+        api,
+        Api::ChatCompletions | Api::Responses | Api::Completions | Api::Messages
+    )
 }
 
 fn seed_of(id: &str) -> u64 {
     // FNV-1a: a stable seed per exchange for smoothed p-values.
-    id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 impl Engine {
     /// An engine; `embedder` is `None` when no model could be loaded (degraded: cheap checks,
     /// length and the rate and value monitors still run).
-    pub fn new(cfg: EngineConfig, embedder: Option<Arc<dyn TextEmbedder>>, id_prefix: &str) -> Engine {
+    pub fn new(
+        cfg: EngineConfig,
+        embedder: Option<Arc<dyn TextEmbedder>>,
+        id_prefix: &str,
+    ) -> Engine {
         let refusal_vectors = embedder
             .as_ref()
-            .map(|e| checks::refusal_exemplars().iter().map(|t| e.embed(t)).collect())
+            .map(|e| {
+                checks::refusal_exemplars()
+                    .iter()
+                    .map(|t| e.embed(t))
+                    .collect()
+            })
             .unwrap_or_default();
         Engine {
             book: IncidentBook::new(cfg.cooldown_ms, id_prefix),
@@ -235,13 +249,19 @@ impl Engine {
             _ => None,
         };
         let relevance = match (&self.embedder, &vector, rec.prompt.as_deref()) {
-            (Some(e), Some(v), Some(p)) if !p.trim().is_empty() => Some(f64::from(dot(&e.embed(p), v))),
+            (Some(e), Some(v), Some(p)) if !p.trim().is_empty() => {
+                Some(f64::from(dot(&e.embed(p), v)))
+            }
             _ => None,
         };
 
         // Refusal: phrasing, raised by closeness to refusal exemplars.
         if let (Some(v), Some(r)) = (&vector, cheap.iter_mut().find(|c| c.flag == Flag::Refusal)) {
-            let sim = self.refusal_vectors.iter().map(|x| f64::from(dot(x, v))).fold(f64::MIN, f64::max);
+            let sim = self
+                .refusal_vectors
+                .iter()
+                .map(|x| f64::from(dot(x, v)))
+                .fold(f64::MIN, f64::max);
             if sim.is_finite() {
                 let sim_score = ((sim - 0.6) / 0.3).clamp(0.0, 1.0);
                 r.score = r.score.max(0.5 * r.score + 0.5 * sim_score);
@@ -255,7 +275,10 @@ impl Engine {
             put(c, &mut flags);
         }
 
-        let out_tokens = rec.usage.output_tokens.unwrap_or_else(|| estimate_tokens(&rec.response));
+        let out_tokens = rec
+            .usage
+            .output_tokens
+            .unwrap_or_else(|| estimate_tokens(&rec.response));
         let log_len = (1.0 + out_tokens as f64).ln();
 
         if !self.keys.contains_key(&key) {
@@ -278,7 +301,16 @@ impl Engine {
         let Some(st) = self.keys.get_mut(&key) else {
             unreachable_key();
             return (
-                Analysis { id: rec.id.clone(), key, ts_ms: now, flags, scores, thresholds, drift: 0.0, warming_up: true },
+                Analysis {
+                    id: rec.id.clone(),
+                    key,
+                    ts_ms: now,
+                    flags,
+                    scores,
+                    thresholds,
+                    drift: 0.0,
+                    warming_up: true,
+                },
                 Vec::new(),
             );
         };
@@ -289,17 +321,41 @@ impl Engine {
 
         let mut outlier_fired = false;
         if content && ok && rec.outcome == Outcome::Complete && !blank {
-            if let Some(s) = st.reference.score(vector.as_deref(), log_len, relevance, u.next_f64()) {
+            if let Some(s) = st
+                .reference
+                .score(vector.as_deref(), log_len, relevance, u.next_f64())
+            {
                 if !st.drift_open {
                     st.reference.absorb(&s);
                 }
-                put(CheckScore { flag: Flag::Length, score: 1.0 - s.length_p, threshold: 1.0 - alpha }, &mut flags);
+                put(
+                    CheckScore {
+                        flag: Flag::Length,
+                        score: 1.0 - s.length_p,
+                        threshold: 1.0 - alpha,
+                    },
+                    &mut flags,
+                );
                 if let Some(p) = s.outlier_p {
                     outlier_fired = p <= alpha;
-                    put(CheckScore { flag: Flag::Outlier, score: 1.0 - p, threshold: 1.0 - alpha }, &mut flags);
+                    put(
+                        CheckScore {
+                            flag: Flag::Outlier,
+                            score: 1.0 - p,
+                            threshold: 1.0 - alpha,
+                        },
+                        &mut flags,
+                    );
                 }
                 if let Some(p) = s.relevance_p {
-                    put(CheckScore { flag: Flag::OffTopic, score: 1.0 - p, threshold: 1.0 - alpha }, &mut flags);
+                    put(
+                        CheckScore {
+                            flag: Flag::OffTopic,
+                            score: 1.0 - p,
+                            threshold: 1.0 - alpha,
+                        },
+                        &mut flags,
+                    );
                 }
                 // Drift: the stream of p-values stops looking uniform.
                 let p = s.outlier_p.unwrap_or(s.length_p);
@@ -311,7 +367,9 @@ impl Engine {
                 if r >= self.cfg.drift_threshold {
                     st.drift.reset();
                     st.drift_open = true;
-                    let severity = if st.recent_p.iter().filter(|&&p| p <= 0.05).count() * 2 >= st.recent_p.len() {
+                    let severity = if st.recent_p.iter().filter(|&&p| p <= 0.05).count() * 2
+                        >= st.recent_p.len()
+                    {
                         Severity::Critical
                     } else {
                         Severity::Warning
@@ -336,49 +394,86 @@ impl Engine {
                     ));
                 } else if st.drift_open && st.recent_p.len() >= 50 {
                     let mean = st.recent_p.iter().sum::<f64>() / st.recent_p.len() as f64;
-                    let low = st.recent_p.iter().filter(|&&p| p <= 0.05).count() as f64 / st.recent_p.len() as f64;
+                    let low = st.recent_p.iter().filter(|&&p| p <= 0.05).count() as f64
+                        / st.recent_p.len() as f64;
                     if mean >= 0.4 && low <= 0.1 && r < 100.0 {
                         st.drift_open = false;
                         verdicts.push((IncidentKind::Drift, Verdict::Clear));
                     }
                 }
             } else if !any_cheap && rec.finish_reasons.iter().all(|f| f != "length") {
-                st.reference.learn(RefPoint { vector: vector.clone().unwrap_or_default(), log_len, relevance });
+                st.reference.learn(RefPoint {
+                    vector: vector.clone().unwrap_or_default(),
+                    log_len,
+                    relevance,
+                });
             }
         }
 
         // Rate monitors.
         let rs = &self.cfg.rate;
         if content && ok {
-            verdicts.push((IncidentKind::BlankRate, st.blank.observe(blank, &rec.id, rs)));
-            verdicts.push((IncidentKind::RefusalRate, st.refusal.observe(refusal, &rec.id, rs)));
+            verdicts.push((
+                IncidentKind::BlankRate,
+                st.blank.observe(blank, &rec.id, rs),
+            ));
+            verdicts.push((
+                IncidentKind::RefusalRate,
+                st.refusal.observe(refusal, &rec.id, rs),
+            ));
         }
         let server_error = rec.status >= 500
-            || matches!(rec.outcome, Outcome::UpstreamUnreachable | Outcome::UpstreamTimeout);
+            || matches!(
+                rec.outcome,
+                Outcome::UpstreamUnreachable | Outcome::UpstreamTimeout
+            );
         if rec.outcome != Outcome::ClientCancelled {
-            verdicts.push((IncidentKind::ErrorRate, st.errors.observe(server_error, &rec.id, rs)));
-            verdicts.push((IncidentKind::RateLimited, st.rate_limited.observe(rec.status == 429, &rec.id, rs)));
+            verdicts.push((
+                IncidentKind::ErrorRate,
+                st.errors.observe(server_error, &rec.id, rs),
+            ));
+            verdicts.push((
+                IncidentKind::RateLimited,
+                st.rate_limited.observe(rec.status == 429, &rec.id, rs),
+            ));
         }
         if rec.stream && ok {
-            let cut = rec.outcome == Outcome::StreamInterrupted || rec.error_type.as_deref() == Some("stream_incomplete");
-            verdicts.push((IncidentKind::StreamInterrupted, st.interrupted.observe(cut, &rec.id, rs)));
+            let cut = rec.outcome == Outcome::StreamInterrupted
+                || rec.error_type.as_deref() == Some("stream_incomplete");
+            verdicts.push((
+                IncidentKind::StreamInterrupted,
+                st.interrupted.observe(cut, &rec.id, rs),
+            ));
         }
         if !warming_up && content && ok && !blank {
-            verdicts.push((IncidentKind::OutlierRate, st.outliers.observe(outlier_fired, &rec.id, rs)));
+            verdicts.push((
+                IncidentKind::OutlierRate,
+                st.outliers.observe(outlier_fired, &rec.id, rs),
+            ));
         }
         // Value monitors (successful, complete exchanges only).
         if ok && rec.outcome == Outcome::Complete {
             let va = self.cfg.value_alpha;
-            verdicts.push((IncidentKind::Latency, st.latency.observe(rec.duration_ms / 1000.0, &rec.id, va)));
+            verdicts.push((
+                IncidentKind::Latency,
+                st.latency.observe(rec.duration_ms / 1000.0, &rec.id, va),
+            ));
             if let Some(t) = rec.ttft_ms {
                 verdicts.push((IncidentKind::Ttft, st.ttft.observe(t / 1000.0, &rec.id, va)));
             }
             if content && out_tokens >= 20 {
                 let gen_ms = (rec.duration_ms - rec.ttft_ms.unwrap_or(0.0)).max(1.0);
-                verdicts.push((IncidentKind::Throughput, st.throughput.observe(out_tokens as f64 / (gen_ms / 1000.0), &rec.id, va)));
+                verdicts.push((
+                    IncidentKind::Throughput,
+                    st.throughput
+                        .observe(out_tokens as f64 / (gen_ms / 1000.0), &rec.id, va),
+                ));
             }
             if content {
-                verdicts.push((IncidentKind::ModelChanged, st.model.observe(rec.response_model.as_deref(), &rec.id)));
+                verdicts.push((
+                    IncidentKind::ModelChanged,
+                    st.model.observe(rec.response_model.as_deref(), &rec.id),
+                ));
             }
         }
         let drift = st.drift.value();
@@ -387,7 +482,16 @@ impl Engine {
             .into_iter()
             .filter_map(|(kind, v)| self.book.apply(kind, &key, v, now, &rec.id))
             .collect();
-        let analysis = Analysis { id: rec.id.clone(), key, ts_ms: now, flags, scores, thresholds, drift, warming_up };
+        let analysis = Analysis {
+            id: rec.id.clone(),
+            key,
+            ts_ms: now,
+            flags,
+            scores,
+            thresholds,
+            drift,
+            warming_up,
+        };
         (analysis, events)
     }
 

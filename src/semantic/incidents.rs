@@ -112,7 +112,10 @@ pub struct IncidentEvent {
 #[derive(Debug, Clone)]
 pub enum Verdict {
     /// Over threshold: open (or keep open, possibly escalating severity).
-    Fire { severity: Severity, evidence: Evidence },
+    Fire {
+        severity: Severity,
+        evidence: Evidence,
+    },
     /// Back to normal by the monitor's resolve rule (hysteresis lives in the monitor).
     Clear,
     /// Neither: keep the current state.
@@ -244,22 +247,55 @@ mod tests {
             severity: Severity::Warning,
             evidence: ev(),
         };
-        assert!(b.apply(IncidentKind::BlankRate, "k", fire(), 0, "x1").is_some());
-        assert!(b.apply(IncidentKind::BlankRate, "k", fire(), 10, "x2").is_none());
-        assert!(b.apply(IncidentKind::BlankRate, "k2", fire(), 10, "x3").is_some());
+        assert!(b
+            .apply(IncidentKind::BlankRate, "k", fire(), 0, "x1")
+            .is_some());
+        assert!(b
+            .apply(IncidentKind::BlankRate, "k", fire(), 10, "x2")
+            .is_none());
+        assert!(b
+            .apply(IncidentKind::BlankRate, "k2", fire(), 10, "x3")
+            .is_some());
         let r = b.apply(IncidentKind::BlankRate, "k", Verdict::Clear, 20, "x4");
         assert_eq!(r.map(|e| e.state), Some("resolved"));
-        assert!(b.apply(IncidentKind::BlankRate, "k", fire(), 500, "x5").is_none(), "cooldown");
-        assert!(b.apply(IncidentKind::BlankRate, "k", fire(), 1500, "x6").is_some());
+        assert!(
+            b.apply(IncidentKind::BlankRate, "k", fire(), 500, "x5")
+                .is_none(),
+            "cooldown"
+        );
+        assert!(b
+            .apply(IncidentKind::BlankRate, "k", fire(), 1500, "x6")
+            .is_some());
     }
 
     #[test]
     fn severity_escalates_without_a_new_incident() {
         let mut b = IncidentBook::new(0, "t");
-        b.apply(IncidentKind::ErrorRate, "k", Verdict::Fire { severity: Severity::Warning, evidence: ev() }, 0, "a");
+        b.apply(
+            IncidentKind::ErrorRate,
+            "k",
+            Verdict::Fire {
+                severity: Severity::Warning,
+                evidence: ev(),
+            },
+            0,
+            "a",
+        );
         assert!(b
-            .apply(IncidentKind::ErrorRate, "k", Verdict::Fire { severity: Severity::Critical, evidence: ev() }, 1, "b")
+            .apply(
+                IncidentKind::ErrorRate,
+                "k",
+                Verdict::Fire {
+                    severity: Severity::Critical,
+                    evidence: ev()
+                },
+                1,
+                "b"
+            )
             .is_none());
-        assert_eq!(b.open().next().map(|i| i.severity), Some(Severity::Critical));
+        assert_eq!(
+            b.open().next().map(|i| i.severity),
+            Some(Severity::Critical)
+        );
     }
 }

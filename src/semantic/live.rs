@@ -110,7 +110,10 @@ impl RecordSink for SemanticSink {
         if self.tx.try_send(Msg::Record(record.clone())).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             self.metrics
-                .counter("semtap.records_dropped", &[("reason", "semantic_queue_full")])
+                .counter(
+                    "semtap.records_dropped",
+                    &[("reason", "semantic_queue_full")],
+                )
                 .inc();
         }
     }
@@ -162,9 +165,13 @@ fn run(
                 *eng = Engine::new(cfg, Some(e), &prefix);
                 if let Some(p) = &path {
                     match eng.load(p) {
-                        Ok(n) if n > 0 => tracing::info!(keys = n, "baselines reloaded from the state dir"),
+                        Ok(n) if n > 0 => {
+                            tracing::info!(keys = n, "baselines reloaded from the state dir")
+                        }
                         Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "saved baselines unreadable; relearning"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "saved baselines unreadable; relearning")
+                        }
                     }
                 }
                 health.set("semantic", "ok", format!("{tier} tier ready"));
@@ -219,7 +226,19 @@ fn publish(
             )
             .inc();
     }
-    metrics.counter("semtap.analysed", &[("tier", if analysis.scores.contains_key("outlier") || analysis.warming_up { "static" } else { "checks" })]).inc();
+    metrics
+        .counter(
+            "semtap.analysed",
+            &[(
+                "tier",
+                if analysis.scores.contains_key("outlier") || analysis.warming_up {
+                    "static"
+                } else {
+                    "checks"
+                },
+            )],
+        )
+        .inc();
     for ev in events {
         publish_incident(metrics, &[], ev);
     }
@@ -240,14 +259,19 @@ fn publish_incident(metrics: &Metrics, sinks: &[Arc<dyn AnalysisSink>], ev: &Inc
                 monitor = %i.evidence.monitor, score = i.evidence.score, threshold = i.evidence.threshold,
                 "incident opened"
             ),
-            _ => tracing::info!(incident = %i.id, kind = i.kind.as_str(), key = %i.key, "incident resolved"),
+            _ => {
+                tracing::info!(incident = %i.id, kind = i.kind.as_str(), key = %i.key, "incident resolved")
+            }
         }
         let delta = if ev.state == "opened" { 1.0 } else { -1.0 };
         metrics
             .gauge("semtap.incidents.open", &[("kind", i.kind.as_str())])
             .add(delta);
         metrics
-            .counter("semtap.incidents", &[("kind", i.kind.as_str()), ("state", ev.state)])
+            .counter(
+                "semtap.incidents",
+                &[("kind", i.kind.as_str()), ("state", ev.state)],
+            )
             .inc();
     }
     for s in sinks {

@@ -25,7 +25,11 @@ pub struct StaticEmbedder {
 impl StaticEmbedder {
     /// Wraps a tokenizer and a table.
     pub fn new(tokenizer: WordPiece, table: StaticTable, max_tokens: usize) -> Self {
-        StaticEmbedder { tokenizer, table, max_tokens }
+        StaticEmbedder {
+            tokenizer,
+            table,
+            max_tokens,
+        }
     }
 }
 
@@ -103,7 +107,9 @@ pub fn table_cache_path(files: &ModelFiles, state_dir: Option<&Path>) -> PathBuf
     if let Some(d) = state_dir {
         return d.join(name);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     home.join(".cache").join("semtap").join(name)
 }
 
@@ -111,11 +117,14 @@ pub fn table_cache_path(files: &ModelFiles, state_dir: Option<&Path>) -> PathBuf
 pub fn weights_hash(files: &ModelFiles) -> Result<String, LoadError> {
     use sha2::{Digest, Sha256};
     use std::io::Read;
-    let mut f = std::fs::File::open(&files.weights).map_err(|e| LoadError::Other(format!("{}: {e}", files.weights.display())))?;
+    let mut f = std::fs::File::open(&files.weights)
+        .map_err(|e| LoadError::Other(format!("{}: {e}", files.weights.display())))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).map_err(|e| LoadError::Other(e.to_string()))?;
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| LoadError::Other(e.to_string()))?;
         if n == 0 {
             break;
         }
@@ -125,9 +134,14 @@ pub fn weights_hash(files: &ModelFiles) -> Result<String, LoadError> {
 }
 
 /// Loads the transformer tier.
-pub fn transformer(files: &ModelFiles, device: &str, max_tokens: usize) -> Result<TransformerEmbedder, LoadError> {
+pub fn transformer(
+    files: &ModelFiles,
+    device: &str,
+    max_tokens: usize,
+) -> Result<TransformerEmbedder, LoadError> {
     let device = DeviceChoice::parse(device).map_err(|e| LoadError::Other(e.to_string()))?;
-    TransformerEmbedder::load(files, device, max_tokens).map_err(|e| LoadError::Other(e.to_string()))
+    TransformerEmbedder::load(files, device, max_tokens)
+        .map_err(|e| LoadError::Other(e.to_string()))
 }
 
 /// Loads the static tier, distilling and caching the table if needed (tens of seconds on a
@@ -139,7 +153,8 @@ pub fn static_tier(
     state_dir: Option<&Path>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<StaticEmbedder, LoadError> {
-    let tokenizer = WordPiece::from_tokenizer_json(&files.tokenizer).map_err(|e| LoadError::Other(format!("tokenizer: {e}")))?;
+    let tokenizer = WordPiece::from_tokenizer_json(&files.tokenizer)
+        .map_err(|e| LoadError::Other(format!("tokenizer: {e}")))?;
     let hash = weights_hash(files)?;
     let cache = table_cache_path(files, state_dir);
     if let Ok(Some(table)) = StaticTable::load(&cache, &hash) {

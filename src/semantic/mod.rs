@@ -1,17 +1,17 @@
 //! The semantic engine: every response understood. Cheap checks and the static embedding
 //! tier run on every exchange; the transformer tier embeds what capacity allows.
 
+pub mod baseline;
 pub mod checks;
+pub mod conformal;
+pub mod engine;
+pub mod incidents;
 pub mod model;
+pub mod monitors;
 pub mod static_tier;
 pub mod testing;
 pub mod transformer;
 pub mod wordpiece;
-pub mod conformal;
-pub mod incidents;
-pub mod monitors;
-pub mod baseline;
-pub mod engine;
 
 /// Turns text into a unit vector. Implemented by the static tier (every response) and the
 /// transformer tier (replay, sampling, GPUs).

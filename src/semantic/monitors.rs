@@ -126,13 +126,18 @@ impl RateMonitor {
                     threshold: p0,
                     window: n,
                     example_ids: examples,
-                    detail: format!("{k} of {n} (normal rate {:.3}, binomial tail {tail:.2e})", p0),
+                    detail: format!(
+                        "{k} of {n} (normal rate {:.3}, binomial tail {tail:.2e})",
+                        p0
+                    ),
                 },
             };
         }
         if self.open {
             let recent = self.window.iter().rev().take(s.recover);
-            let (seen, hits) = recent.fold((0usize, 0usize), |(a, b), (e, _)| (a + 1, b + usize::from(*e)));
+            let (seen, hits) = recent.fold((0usize, 0usize), |(a, b), (e, _)| {
+                (a + 1, b + usize::from(*e))
+            });
             let allowed = (2.0 * p0 * s.recover as f64).floor() as usize;
             if seen >= s.recover && hits <= allowed {
                 self.open = false;
@@ -332,7 +337,10 @@ mod tests {
         let s = RateSettings::default();
         let mut m = RateMonitor::new("blank_rate", 0.01, 0.2, 100);
         for i in 0..200 {
-            assert!(matches!(m.observe(i % 150 == 0, "ok", &s), Verdict::Hold), "normal traffic never fires");
+            assert!(
+                matches!(m.observe(i % 150 == 0, "ok", &s), Verdict::Hold),
+                "normal traffic never fires"
+            );
         }
         let mut opened_at = None;
         for i in 0..30 {
@@ -377,16 +385,32 @@ mod tests {
             }
         }
         assert!(first.is_some_and(|i| i < 8), "{first:?}");
-        assert_eq!(worst, Some(Severity::Critical), "escalates as the spike persists");
+        assert_eq!(
+            worst,
+            Some(Severity::Critical),
+            "escalates as the spike persists"
+        );
     }
 
     #[test]
     fn model_swap_fires_after_a_streak_and_clears_when_it_returns() {
         let mut m = ModelMonitor::default();
         m.observe(Some("gpt-4o-2024-08-06"), "a");
-        assert!(matches!(m.observe(Some("gpt-4o-2024-11-20"), "b"), Verdict::Hold));
-        assert!(matches!(m.observe(Some("gpt-4o-2024-11-20"), "c"), Verdict::Hold));
-        assert!(matches!(m.observe(Some("gpt-4o-2024-11-20"), "d"), Verdict::Fire { .. }));
-        assert!(matches!(m.observe(Some("gpt-4o-2024-08-06"), "e"), Verdict::Clear));
+        assert!(matches!(
+            m.observe(Some("gpt-4o-2024-11-20"), "b"),
+            Verdict::Hold
+        ));
+        assert!(matches!(
+            m.observe(Some("gpt-4o-2024-11-20"), "c"),
+            Verdict::Hold
+        ));
+        assert!(matches!(
+            m.observe(Some("gpt-4o-2024-11-20"), "d"),
+            Verdict::Fire { .. }
+        ));
+        assert!(matches!(
+            m.observe(Some("gpt-4o-2024-08-06"), "e"),
+            Verdict::Clear
+        ));
     }
 }

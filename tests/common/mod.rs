@@ -43,8 +43,10 @@ impl Tapped {
 }
 
 pub fn config_for(upstream: &str, provider: Option<Provider>) -> Config {
-    let mut cfg = Config::default();
-    cfg.admin_listen = "127.0.0.1:0".parse().expect("addr");
+    let mut cfg = Config {
+        admin_listen: "127.0.0.1:0".parse().expect("addr"),
+        ..Config::default()
+    };
     cfg.listeners.push(ListenerConfig {
         name: "test".into(),
         listen: "127.0.0.1:0".parse().expect("addr"),
