@@ -268,16 +268,44 @@ const fn ascii_classes() -> [u8; 128] {
 
 static ASCII: [u8; 128] = ascii_classes();
 
-/// Whether an ASCII letter run `r` (of `vowels` vowels and longest consonant run `max_cons`)
-/// is soup: 5+ letters without a vowel (unless all upper case, fewer than 3 distinct
-/// letters, or a known word), 9+ consonants in a row, or 40+ letters.
-fn run_is_soup(r: &str, vowels: u32, max_cons: u32) -> bool {
+/// [`ASCII`] for any byte (0 for non-ASCII bytes), so a loop over bytes needs no range check.
+static ASCII_256: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 128 {
+        t[i] = ASCII[i];
+        i += 1;
+    }
+    t
+};
+
+/// Whether an ASCII letter run `r` is soup: 5+ letters without a vowel (unless all upper
+/// case, fewer than 3 distinct letters, or a known word), 9+ consonants in a row, or 40+
+/// letters.
+fn run_is_soup(r: &str, has_vowel: bool) -> bool {
     let len = r.len();
-    if len >= 40 || max_cons >= 9 {
+    if len >= 40 {
         return true;
     }
-    if len < 5 || vowels > 0 {
+    if has_vowel {
+        let mut cons = 0u32;
+        for b in r.bytes() {
+            if ASCII_256[usize::from(b)] & VOWEL != 0 {
+                cons = 0;
+            } else {
+                cons += 1;
+                if cons >= 9 {
+                    return true;
+                }
+            }
+        }
         return false;
+    }
+    if len < 5 {
+        return false;
+    }
+    if len >= 9 {
+        return true; // 9+ consonants in a row
     }
     let mut letters = 0u32;
     let mut upper = 0usize;
@@ -407,37 +435,28 @@ fn scan(w: &str) -> Stats {
             combining = 0;
             let k = ASCII[usize::from(c0)];
             if k & ALPHA != 0 {
-                // A run of ASCII letters, read in one go.
+                // A run of ASCII letters, read in one go; consonant runs are only counted
+                // (on a second look) in runs long enough to matter.
                 let start = i;
-                let mut vowels = 0u32;
-                let mut cons = 0u32;
-                let mut max_cons = 0u32;
-                while i < n {
-                    let c = b[i];
-                    if c >= 0x80 {
-                        break;
-                    }
-                    let k = ASCII[usize::from(c)];
+                let mut vowel = 0u8;
+                for &c in &b[i..] {
+                    let k = ASCII_256[usize::from(c)];
                     if k & ALPHA == 0 {
                         break;
                     }
-                    if k & VOWEL != 0 {
-                        vowels += 1;
-                        cons = 0;
-                    } else {
-                        cons += 1;
-                        max_cons = max_cons.max(cons);
-                    }
+                    vowel |= k;
                     i += 1;
                 }
+                let len = i - start;
+                let has_vowel = vowel & VOWEL != 0;
                 word.on = true;
                 word.scripts |= script::LATIN;
                 line_has_token = true;
-                tok.len += (i - start) as u32;
+                tok.len += len as u32;
                 tok.alpha = true;
                 tok.alnum = true;
-                if (i - start >= 5 && vowels == 0) || max_cons >= 9 || i - start >= 40 {
-                    tok.soup |= run_is_soup(&w[start..i], vowels, max_cons);
+                if (len >= 5 && !has_vowel) || len >= 9 {
+                    tok.soup |= run_is_soup(&w[start..i], has_vowel);
                 }
                 continue;
             }

@@ -310,12 +310,7 @@ pub fn refusal(text: &str) -> f64 {
     }
     let window = head(text, SCAN_BYTES);
     let chars = if window.len() == text.len() {
-        if text.is_ascii() {
-            text.len()
-        } else {
-            // Chars: bytes that do not continue a UTF-8 sequence.
-            text.bytes().filter(|&b| (b & 0xC0) != 0x80).count()
-        }
+        text.chars().count()
     } else {
         // Longer than the window: the answer is long either way.
         text.len()

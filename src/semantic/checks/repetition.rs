@@ -4,7 +4,7 @@ use std::cell::RefCell;
 
 use flate2::{Compress, Compression, FlushCompress, Status};
 
-use super::text::{tail, unit};
+use super::text::{hash_ascii_word, tail, unit, FULL_SEED as FNV_SEED};
 
 /// Bytes of the answer the repetition check reads (its end: loops run to the end).
 const SCAN_BYTES: usize = 16 * 1024;
@@ -56,12 +56,12 @@ thread_local! {
     static SCRATCH: RefCell<Option<Scratch>> = const { RefCell::new(None) };
 }
 
-/// FNV-1a step.
+/// FNV-1a step over a char (for non-ASCII chars; ASCII words go through
+/// [`hash_ascii_word`]).
 #[inline]
 fn fnv(h: u64, x: u64) -> u64 {
     (h ^ x).wrapping_mul(0x0000_0100_0000_01b3)
 }
-const FNV_SEED: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// Chars that are tokens on their own (no spaces between words): Han, kana, Thai.
 fn is_char_token(c: char) -> bool {
@@ -77,20 +77,6 @@ fn is_rule_char(c: char) -> bool {
         '-' | '=' | '_' | '*' | '#' | '~' | '.' | '·' | '─' | '━' | '═' | '0'..='9'
     ) || ('\u{2500}'..='\u{259F}').contains(&c)
 }
-
-/// ASCII letters and digits, lowercased; 0 for every other byte.
-static LOWER: [u8; 128] = {
-    let mut t = [0u8; 128];
-    let mut i = 0;
-    while i < 128 {
-        let c = i as u8;
-        if c.is_ascii_alphanumeric() {
-            t[i] = c.to_ascii_lowercase();
-        }
-        i += 1;
-    }
-    t
-};
 
 /// Runs shorter than this are not recorded (they score 0 whatever the char).
 const TRACK_RUN: usize = 12;
@@ -167,6 +153,26 @@ fn note_run(c: u32, len: usize, run: &mut usize, rule_run: &mut usize) {
     }
 }
 
+/// Records the longest run of one byte in an ASCII word.
+fn longest_run(word: &[u8], run: &mut usize, rule_run: &mut usize) {
+    let mut prev = 0u8;
+    let mut len = 0usize;
+    for &c in word {
+        if c == prev {
+            len += 1;
+        } else {
+            if len >= TRACK_RUN {
+                note_run(u32::from(prev), len, run, rule_run);
+            }
+            prev = c;
+            len = 1;
+        }
+    }
+    if len >= TRACK_RUN {
+        note_run(u32::from(prev), len, run, rule_run);
+    }
+}
+
 fn words(w: &str, s: &mut Scratch) -> Words {
     // At most one token per 2 bytes (a 1-byte word and a separator): the table stays at most
     // half full.
@@ -202,6 +208,20 @@ fn words(w: &str, s: &mut Scratch) -> Words {
     while i < n {
         let x = b[i];
         if x < 0x80 {
+            if x.is_ascii_alphanumeric() {
+                // The ASCII letters and digits of a word, in one go; a run of one char inside
+                // it is only possible (and only looked for) in a word of 12+ bytes.
+                let (hh, len) = hash_ascii_word(&b[i..], h);
+                h = hh;
+                in_word = true;
+                if len >= TRACK_RUN {
+                    longest_run(&b[i..i + len], &mut best_run, &mut best_rule_run);
+                }
+                i += len;
+                prev = u32::MAX;
+                run = 0;
+                continue;
+            }
             i += 1;
             let c = u32::from(x);
             if c == prev {
@@ -213,11 +233,7 @@ fn words(w: &str, s: &mut Scratch) -> Words {
                 prev = c;
                 run = 1;
             }
-            let l = LOWER[usize::from(x)];
-            if l != 0 {
-                h = fnv(h, u64::from(l));
-                in_word = true;
-            } else if in_word {
+            if in_word {
                 g.push(h);
                 h = FNV_SEED;
                 in_word = false;

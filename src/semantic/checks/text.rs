@@ -138,7 +138,7 @@ fn word_char_at(s: &str, i: usize) -> bool {
 }
 
 /// ASCII letters and digits, lowercased; 0 for every other byte.
-static LOWER: [u8; 256] = {
+pub(super) static LOWER: [u8; 256] = {
     let mut t = [0u8; 256];
     let mut i = 0;
     while i < 256 {
@@ -151,12 +151,12 @@ static LOWER: [u8; 256] = {
     t
 };
 
-const FULL_SEED: u64 = 0xcbf2_9ce4_8422_2325;
+pub(super) const FULL_SEED: u64 = 0xcbf2_9ce4_8422_2325;
 const PREFIX_SEED: u64 = 0x8422_2325_cbf2_9ce4;
 
 /// FNV-1a step over one normalised byte.
 #[inline]
-fn fnv(h: u64, b: u8) -> u64 {
+pub(super) fn fnv(h: u64, b: u8) -> u64 {
     (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
 }
 
@@ -400,6 +400,22 @@ impl PhraseSet {
     }
 }
 
+/// Hashes the leading ASCII letters and digits of `b` (lowercased) into `h`; returns the
+/// hash and how many bytes that was.
+#[inline(always)]
+pub(super) fn hash_ascii_word(b: &[u8], mut h: u64) -> (u64, usize) {
+    let mut len = 0;
+    for &c in b {
+        let l = LOWER[usize::from(c)];
+        if l == 0 {
+            break;
+        }
+        h = fnv(h, l);
+        len += 1;
+    }
+    (h, len)
+}
+
 /// Reads the ASCII word at `s[i..]` into hash state `h`: letters and digits lowercased,
 /// apostrophes followed by more of the word skipped ("can't" is `cant`). For a
 /// [`PREFIX_SEED`] state it stops at the first non-ASCII char. Returns the hash, where the
@@ -410,14 +426,9 @@ fn read_word(s: &str, mut i: usize, mut h: u64) -> (u64, usize, bool) {
     let b = s.as_bytes();
     let n = b.len();
     loop {
-        while i < n {
-            let l = LOWER[usize::from(b[i])];
-            if l == 0 {
-                break;
-            }
-            h = fnv(h, l);
-            i += 1;
-        }
+        let (hh, len) = hash_ascii_word(b.get(i..).unwrap_or_default(), h);
+        h = hh;
+        i += len;
         match apostrophe_at(s, i) {
             Some(l) if b.get(i + l).is_some_and(|&c| LOWER[usize::from(c)] != 0) => i += l,
             _ => break,
