@@ -151,7 +151,9 @@ pub(super) static LOWER: [u8; 256] = {
     t
 };
 
+/// Seed of word hashes (the FNV-1a offset basis); `repetition` hashes words with it too.
 pub(super) const FULL_SEED: u64 = 0xcbf2_9ce4_8422_2325;
+/// Seed of the hash of a first word's ASCII start (kept apart from whole-word hashes).
 const PREFIX_SEED: u64 = 0x8422_2325_cbf2_9ce4;
 
 /// FNV-1a step over one normalised byte.
