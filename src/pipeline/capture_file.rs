@@ -102,9 +102,7 @@ impl Writer {
                     let _ = done.send(());
                 }
             }
-            if rx_is_idle(&rx) {
-                let _ = self.out.flush();
-            }
+            let _ = self.out.flush();
         }
         let _ = self.out.flush();
     }
@@ -142,11 +140,6 @@ impl Writer {
         self.size = 0;
         Ok(())
     }
-}
-
-fn rx_is_idle(_rx: &Receiver<Msg>) -> bool {
-    // std's Receiver cannot peek; flushing after every record batch is cheap at these rates.
-    true
 }
 
 fn numbered(path: &Path, i: usize) -> PathBuf {

@@ -226,19 +226,6 @@ fn publish(
             )
             .inc();
     }
-    metrics
-        .counter(
-            "semtap.analysed",
-            &[(
-                "tier",
-                if analysis.scores.contains_key("outlier") || analysis.warming_up {
-                    "static"
-                } else {
-                    "checks"
-                },
-            )],
-        )
-        .inc();
     for ev in events {
         publish_incident(metrics, &[], ev);
     }
