@@ -69,6 +69,8 @@ pub struct Analysis {
     pub drift: f64,
     /// True while the key's reference is still being learned.
     pub warming_up: bool,
+    /// Texts embedded for this exchange (answer, prompt).
+    pub embedded: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -254,6 +256,7 @@ impl Engine {
             }
             _ => None,
         };
+        let embedded = u32::from(vector.is_some()) + u32::from(relevance.is_some());
 
         // Refusal: phrasing, raised by closeness to refusal exemplars.
         if let (Some(v), Some(r)) = (&vector, cheap.iter_mut().find(|c| c.flag == Flag::Refusal)) {
@@ -293,6 +296,7 @@ impl Engine {
                     thresholds,
                     drift: 0.0,
                     warming_up: true,
+                    embedded,
                 };
                 return (analysis, Vec::new());
             }
@@ -310,6 +314,7 @@ impl Engine {
                     thresholds,
                     drift: 0.0,
                     warming_up: true,
+                    embedded,
                 },
                 Vec::new(),
             );
@@ -491,6 +496,7 @@ impl Engine {
             thresholds,
             drift,
             warming_up,
+            embedded,
         };
         (analysis, events)
     }

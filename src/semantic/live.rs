@@ -34,6 +34,8 @@ const SAVE_EVERY: Duration = Duration::from_secs(30);
 pub struct SemanticSink {
     tx: SyncSender<Msg>,
     dropped: AtomicU64,
+    /// Records queued and not yet taken by the engine thread.
+    depth: Arc<AtomicU64>,
     engine: Arc<Mutex<Engine>>,
     metrics: Arc<Metrics>,
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -64,16 +66,19 @@ impl SemanticSink {
         let prefix = format!("{:08x}", rand::random::<u32>());
         let engine = Arc::new(Mutex::new(Engine::new(cfg, None, &prefix)));
         let (tx, rx) = mpsc::sync_channel(queue);
+        let depth = Arc::new(AtomicU64::new(0));
         let worker = {
             let engine = engine.clone();
             let metrics = metrics.clone();
+            let depth = depth.clone();
             std::thread::Builder::new()
                 .name("semtap-semantic".into())
-                .spawn(move || run(rx, engine, metrics, health, sinks, state_dir))?
+                .spawn(move || run(rx, engine, metrics, health, sinks, state_dir, depth))?
         };
         Ok(Arc::new(SemanticSink {
             tx,
             dropped: AtomicU64::new(0),
+            depth,
             engine,
             metrics,
             worker: Mutex::new(Some(worker)),
@@ -107,7 +112,10 @@ impl SemanticSink {
 
 impl RecordSink for SemanticSink {
     fn accept(&self, record: &Arc<ExchangeRecord>) {
+        // Counted before the send so the engine thread never decrements below zero.
+        self.depth.fetch_add(1, Ordering::Relaxed);
         if self.tx.try_send(Msg::Record(record.clone())).is_err() {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
             self.dropped.fetch_add(1, Ordering::Relaxed);
             self.metrics
                 .counter(
@@ -134,10 +142,12 @@ fn run(
     health: Arc<Health>,
     sinks: Vec<Arc<dyn AnalysisSink>>,
     state_dir: Option<PathBuf>,
+    depth: Arc<AtomicU64>,
 ) {
     let path = state_dir.as_deref().map(baselines_path);
     let mut last_save = Instant::now();
     let mut dirty = false;
+    let mut tier: Option<&'static str> = None;
     let save = |engine: &Engine| {
         if let Some(p) = &path {
             if let Err(e) = engine.save(p) {
@@ -153,12 +163,29 @@ fn run(
         };
         match msg {
             Some(Msg::Record(rec)) => {
+                let left = depth.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+                metrics
+                    .gauge("semtap.semantic.queue_depth", &[])
+                    .set(left as f64);
                 let (analysis, events) = engine.lock().process(&rec);
+                if let (Some(tier), n) = (tier, analysis.embedded) {
+                    if n > 0 {
+                        metrics
+                            .counter("semtap.embeddings", &[("tier", tier)])
+                            .add(u64::from(n));
+                    }
+                }
+                metrics
+                    .gauge(
+                        "semtap.drift.score",
+                        &[("semtap.key", analysis.key.as_str())],
+                    )
+                    .set(analysis.drift);
                 dirty = true;
                 publish(&metrics, &sinks, &rec, &analysis, &events);
             }
             Some(Msg::Embedder(e)) => {
-                let tier = e.tier();
+                tier = Some(e.tier());
                 let mut eng = engine.lock();
                 let cfg = eng.config().clone();
                 let prefix = eng.id_prefix().to_string();
@@ -174,7 +201,7 @@ fn run(
                         }
                     }
                 }
-                health.set("semantic", "ok", format!("{tier} tier ready"));
+                health.set("semantic", "ok", format!("{} tier ready", e_tier(tier)));
                 metrics.gauge("semtap.semantic.degraded", &[]).set(0.0);
             }
             Some(Msg::Reset(key, done)) => {
@@ -205,6 +232,10 @@ fn run(
         }
     }
     save(&engine.lock());
+}
+
+fn e_tier(t: Option<&'static str>) -> &'static str {
+    t.unwrap_or("no")
 }
 
 fn publish(
