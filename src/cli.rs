@@ -118,6 +118,9 @@ struct RunArgs {
     /// Directory for state that survives restarts.
     #[arg(long, env = "SEMTAP_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Send traces, metrics and logs to this OTLP endpoint (overrides OTEL_EXPORTER_OTLP_ENDPOINT).
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -207,6 +210,8 @@ fn run(common: Common, args: RunArgs) -> ExitCode {
         semantic: std::env::var("SEMTAP_SEMANTIC")
             .ok()
             .map(|v| !matches!(v.as_str(), "off" | "0" | "false" | "no")),
+        otlp_endpoint: args.otlp_endpoint,
+        otel_env: true,
     };
     let cfg = match Config::load(args.config.as_deref(), &overrides) {
         Ok(c) => c,

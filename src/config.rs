@@ -120,6 +120,8 @@ struct FileConfig {
     capture: FileCapture,
     #[serde(default)]
     semantic: FileSemantic,
+    #[serde(default)]
+    otlp: crate::export::config::FileOtlp,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -382,6 +384,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub capture_file: Option<CaptureFileConfig>,
     pub semantic: SemanticConfig,
+    /// OTLP export; `None` when no endpoint is configured.
+    pub otlp: Option<crate::export::config::OtlpConfig>,
 }
 
 impl Default for Config {
@@ -398,6 +402,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(30),
             capture_file: None,
             semantic: SemanticConfig::default(),
+            otlp: None,
         }
     }
 }
@@ -414,6 +419,10 @@ pub struct Overrides {
     pub model_dir: Option<PathBuf>,
     /// `SEMTAP_SEMANTIC=off` turns the semantic engine off (on/off).
     pub semantic: Option<bool>,
+    /// `--otlp-endpoint`: beats `OTEL_EXPORTER_OTLP_ENDPOINT` and `otlp.endpoint`.
+    pub otlp_endpoint: Option<String>,
+    /// Read the standard `OTEL_*` variables (the command line does; tests usually do not).
+    pub otel_env: bool,
 }
 
 const CLI: &str = "<command line>";
@@ -738,6 +747,14 @@ fn build(file: FileConfig, source: &str, ov: &Overrides) -> Result<Config, Confi
             max_bytes,
             keep,
         });
+    }
+
+    let no_env = |_: &str| None;
+    let process_env = |k: &str| std::env::var(k).ok();
+    let env: &dyn Fn(&str) -> Option<String> = if ov.otel_env { &process_env } else { &no_env };
+    match crate::export::config::resolve(&file.otlp, source, env, ov.otlp_endpoint.as_deref()) {
+        Ok(o) => cfg.otlp = o,
+        Err(more) => issues.extend(more),
     }
 
     let sem = &file.semantic;

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod export;
 pub mod metrics;
 pub mod pipeline;
 pub mod protocol;

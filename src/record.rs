@@ -277,3 +277,47 @@ pub struct ExchangeRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<TraceParent>,
 }
+
+/// The trace an exchange's span belongs to: the app's own (from `traceparent`) when it sent
+/// one, else one derived from the exchange id, so every component (spans, incident logs,
+/// webhooks) names the same trace without sharing state. 32 lowercase hex digits.
+pub fn exchange_trace_id(record: &ExchangeRecord) -> String {
+    match &record.traceparent {
+        Some(tp) => tp.trace_id.clone(),
+        None => hex::encode(&exchange_digest(&record.id)[..16]),
+    }
+}
+
+/// The span id of an exchange's span, derived from the exchange id. 16 lowercase hex digits.
+pub fn exchange_span_id(exchange_id: &str) -> String {
+    hex::encode(&exchange_digest(exchange_id)[16..24])
+}
+
+fn exchange_digest(id: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(id.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod ids_tests {
+    use super::*;
+
+    #[test]
+    fn derived_ids_are_stable_hex_and_follow_traceparent() {
+        let mut r = ExchangeRecord {
+            id: "ex-1".into(),
+            ..Default::default()
+        };
+        let t = exchange_trace_id(&r);
+        assert_eq!(t.len(), 32);
+        assert_eq!(t, exchange_trace_id(&r));
+        assert_eq!(exchange_span_id("ex-1").len(), 16);
+        assert_ne!(exchange_span_id("ex-1"), exchange_span_id("ex-2"));
+        r.traceparent = Some(TraceParent {
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+            parent_span_id: "00f067aa0ba902b7".into(),
+            sampled: true,
+        });
+        assert_eq!(exchange_trace_id(&r), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+}

@@ -9,6 +9,7 @@ use parking_lot::Mutex;
 
 use crate::admin::{Admin, AdminState, Health};
 use crate::config::Config;
+use crate::export::OtlpExporter;
 use crate::metrics::{Metrics, MetricsOptions};
 use crate::pipeline::capture_file::CaptureFileSink;
 use crate::pipeline::{Pipeline, RecordSink};
@@ -27,6 +28,8 @@ pub enum StartError {
     },
     #[error("semantic engine: {source}")]
     Semantic { source: std::io::Error },
+    #[error(transparent)]
+    Export(#[from] crate::export::ExportError),
     #[error("capture file {path}: {source}")]
     CaptureFile {
         path: String,
@@ -41,6 +44,8 @@ pub struct Running {
     pub semantic: Option<Arc<SemanticSink>>,
     pub pipeline: Arc<Pipeline>,
     pub health: Arc<Health>,
+    /// The OTLP exporter, when an endpoint is configured.
+    pub otlp: Option<Arc<OtlpExporter>>,
     tap: Option<Tap>,
     admin: Option<Admin>,
     listeners: Vec<crate::tap::BoundListener>,
@@ -65,7 +70,7 @@ impl Running {
     pub async fn start_full(
         cfg: &Config,
         sinks: Vec<Arc<dyn RecordSink>>,
-        analysis_sinks: Vec<Arc<dyn AnalysisSink>>,
+        mut analysis_sinks: Vec<Arc<dyn AnalysisSink>>,
     ) -> Result<Running, StartError> {
         let mut opts = MetricsOptions::from_env();
         opts.max_models = cfg.max_models;
@@ -87,6 +92,20 @@ impl Running {
             pipeline.add_sink(sink);
         }
         health.set("pipeline", "ok", "");
+        // Spans carry tier-1 verdicts, so with the engine on they are emitted after analysis.
+        let otlp = match &cfg.otlp {
+            Some(o) => {
+                let exporter = OtlpExporter::start(o.clone(), metrics.clone())?;
+                if cfg.semantic.enabled {
+                    analysis_sinks.push(exporter.clone());
+                } else {
+                    pipeline.add_sink(exporter.clone());
+                }
+                health.set("otlp", "ok", "");
+                Some(exporter)
+            }
+            None => None,
+        };
         let semantic = if cfg.semantic.enabled {
             let sink = SemanticSink::start(
                 cfg.semantic.engine.clone(),
@@ -138,6 +157,7 @@ impl Running {
             semantic,
             pipeline,
             health,
+            otlp,
             tap: Some(tap),
             admin: Some(admin),
             listeners,
@@ -173,6 +193,10 @@ impl Running {
         let pipeline = self.pipeline.clone();
         let _ =
             tokio::task::spawn_blocking(move || pipeline.shutdown(Duration::from_secs(5))).await;
+        if let Some(otlp) = self.otlp.take() {
+            let _ =
+                tokio::task::spawn_blocking(move || otlp.shutdown(Duration::from_secs(5))).await;
+        }
         if let Some(admin) = self.admin.take() {
             admin.shutdown().await;
         }

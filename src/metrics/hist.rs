@@ -432,6 +432,20 @@ impl HistogramSnapshot {
         Some(v.clamp(self.min, self.max))
     }
 
+    /// Every recorded value (each HdrHistogram step's midpoint, in real units) with its
+    /// count, ascending.
+    pub fn values(&self) -> Vec<(f64, u64)> {
+        let Some(h) = self.hist.as_ref() else {
+            return Vec::new();
+        };
+        h.iter_recorded()
+            .map(|v| {
+                let mid = h.median_equivalent(v.value_iterated_to()) as f64 / self.spec.scale;
+                (mid.clamp(self.min, self.max), v.count_at_value())
+            })
+            .collect()
+    }
+
     /// Count of values `<= boundary`, as a Prometheus `le` bucket wants.
     ///
     /// Exact for values on a boundary and for values clearly apart from it. A value within one

@@ -526,6 +526,10 @@ pub struct HistogramPoint {
     pub boundaries: Vec<f64>,
     /// Values `<=` each boundary (Prometheus style); the `+Inf` bucket is `count`.
     pub cumulative_counts: Vec<u64>,
+    /// Full-resolution content as (value, count), ascending; filled only by
+    /// [`Metrics::snapshot_detailed`] (exponential-histogram export needs it).
+    #[serde(skip)]
+    pub values: Vec<(f64, u64)>,
 }
 
 impl HistogramPoint {
@@ -1035,6 +1039,11 @@ impl Metrics {
 
     /// Every family and series, cumulative; the basis for Prometheus and OTLP export.
     pub fn snapshot(&self) -> Vec<MetricFamilySnapshot> {
+        self.snapshot_detailed(false)
+    }
+
+    /// [`Metrics::snapshot`], with each histogram's full-resolution values when `values`.
+    pub fn snapshot_detailed(&self, values: bool) -> Vec<MetricFamilySnapshot> {
         let families: Vec<Arc<Family>> = self.families.read().values().cloned().collect();
         let mut out = Vec::with_capacity(families.len());
         for fam in families {
@@ -1054,7 +1063,11 @@ impl Metrics {
                     SeriesHandle::Gauge(g) => SeriesValue::Gauge(g.get()),
                     SeriesHandle::Histogram(_) => match snaps.next() {
                         Some(s) if s.count() > 0 => {
-                            SeriesValue::Histogram(histogram_point(&s, &fam.boundaries))
+                            let mut p = histogram_point(&s, &fam.boundaries);
+                            if values {
+                                p.values = s.values();
+                            }
+                            SeriesValue::Histogram(p)
                         }
                         _ => continue,
                     },
@@ -1242,5 +1255,6 @@ fn histogram_point(s: &HistogramSnapshot, boundaries: &[f64]) -> HistogramPoint 
         max: s.max().unwrap_or(0.0),
         boundaries: boundaries.to_vec(),
         cumulative_counts: s.cumulative_counts(boundaries),
+        values: Vec::new(),
     }
 }

@@ -308,6 +308,7 @@ fn histogram_point_bucket_counts_are_per_bucket() {
         max: 0.0,
         boundaries: vec![1.0, 2.0, 3.0],
         cumulative_counts: vec![2, 2, 7],
+        values: Vec::new(),
     };
     assert_eq!(p.bucket_counts(), vec![2, 0, 5, 3]);
 }

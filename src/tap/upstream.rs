@@ -93,19 +93,7 @@ pub fn build_client(connect_timeout: Duration) -> Result<UpstreamClient, BoxErro
         proxy: has_proxy.then(|| Arc::new(matcher)),
         timeout: connect_timeout,
     };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs_or_empty();
-    for cert in native {
-        let _ = roots.add(cert);
-    }
-    if roots.is_empty() {
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = client_tls_config()?;
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
@@ -116,6 +104,23 @@ pub fn build_client(connect_timeout: Duration) -> Result<UpstreamClient, BoxErro
         .pool_max_idle_per_host(256)
         .build(https);
     Ok(client)
+}
+
+/// TLS settings for outgoing connections (upstreams, OTLP, webhooks): the system's roots,
+/// or the bundled Mozilla roots where the system has none.
+pub fn client_tls_config() -> Result<rustls::ClientConfig, BoxError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs_or_empty() {
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 fn rustls_native_certs_or_empty() -> Vec<rustls::pki_types::CertificateDer<'static>> {

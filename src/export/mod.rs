@@ -1,0 +1,632 @@
+//! Export: OTLP traces, metrics and logs. Spans and incident logs are built on the analysis
+//! thread and handed to one exporter thread through a bounded queue (full: dropped and
+//! counted; the tap never waits); metrics are read from the tap's own snapshots on a timer.
+//! The exporter thread runs its own small tokio runtime, so a slow or dead collector costs
+//! one thread and a bounded queue, never the proxy's runtime.
+
+pub mod config;
+pub mod metrics;
+pub mod resource;
+pub mod spans;
+pub mod transport;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity};
+use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
+use opentelemetry::InstrumentationScope;
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use opentelemetry_sdk::logs::{LogBatch, LogExporter as _, SdkLogRecord, SdkLoggerProvider};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
+use parking_lot::Mutex;
+use prost::Message;
+use tokio::sync::{mpsc, oneshot};
+
+use self::config::{OtlpConfig, Protocol, SignalTarget};
+use crate::metrics::Metrics;
+use crate::pipeline::RecordSink;
+use crate::record::{exchange_span_id, exchange_trace_id, ExchangeRecord};
+use crate::semantic::engine::Analysis;
+use crate::semantic::incidents::{IncidentEvent, Severity as IncidentSeverity};
+use crate::semantic::live::AnalysisSink;
+use crate::tap::body::BoxError;
+
+/// Errors starting the exporter.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("OTLP {signal} exporter for {endpoint}: {reason}")]
+    Build {
+        signal: &'static str,
+        endpoint: String,
+        reason: String,
+    },
+    #[error("cannot start the exporter thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// Exchanges whose trace ids are remembered for linking incident logs (bounded).
+const TRACE_MEMORY: usize = 8192;
+
+enum Item {
+    Span(Box<SpanData>),
+    Log(Box<SdkLogRecord>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The OTLP exporter: a record/analysis sink whose output leaves on its own thread.
+pub struct OtlpExporter {
+    tx: mpsc::Sender<Item>,
+    cfg: OtlpConfig,
+    metrics: Arc<Metrics>,
+    scope: InstrumentationScope,
+    logger: Option<opentelemetry_sdk::logs::SdkLogger>,
+    _logger_provider: Option<SdkLoggerProvider>,
+    traces: Mutex<TraceMemory>,
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct TraceMemory {
+    map: HashMap<String, (String, String)>,
+    order: VecDeque<String>,
+}
+
+impl TraceMemory {
+    fn remember(&mut self, exchange: &str, trace: String, span: String) {
+        if self
+            .map
+            .insert(exchange.to_string(), (trace, span))
+            .is_none()
+        {
+            self.order.push_back(exchange.to_string());
+            if self.order.len() > TRACE_MEMORY {
+                if let Some(old) = self.order.pop_front() {
+                    self.map.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+impl OtlpExporter {
+    /// Starts the exporter thread. Fails only on configuration the OTLP exporters refuse;
+    /// an unreachable collector is not an error (data is retried, then dropped and counted).
+    pub fn start(cfg: OtlpConfig, metrics: Arc<Metrics>) -> Result<Arc<OtlpExporter>, ExportError> {
+        let attrs = resource::attributes(&cfg, &|k| std::env::var(k).ok());
+        let sdk_resource = resource::sdk_resource(&attrs);
+        let proto_resource = metrics::proto_resource(&attrs);
+        let scope = InstrumentationScope::builder("semtap")
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build();
+        let (tx, rx) = mpsc::channel(cfg.queue_size);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let logger_provider = cfg.logs.as_ref().map(|_| {
+            SdkLoggerProvider::builder()
+                .with_resource(sdk_resource.clone())
+                .build()
+        });
+        let logger = logger_provider.as_ref().map(|p| p.logger("semtap"));
+        let worker = {
+            let cfg = cfg.clone();
+            let metrics = metrics.clone();
+            let scope = scope.clone();
+            std::thread::Builder::new()
+                .name("semtap-otlp".into())
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(ExportError::Thread(e)));
+                            return;
+                        }
+                    };
+                    rt.block_on(async move {
+                        let sinks = match Sinks::build(&cfg, &sdk_resource) {
+                            Ok(s) => {
+                                let _ = ready_tx.send(Ok(()));
+                                s
+                            }
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(e));
+                                return;
+                            }
+                        };
+                        let worker = Worker {
+                            cfg,
+                            metrics,
+                            scope,
+                            proto_resource,
+                            sinks,
+                            encoder: None,
+                        };
+                        worker.run(rx, stop_rx).await;
+                    });
+                })?
+        };
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(ExportError::Thread(std::io::Error::other(
+                    "exporter thread ended during start",
+                )))
+            }
+        }
+        tracing::info!(
+            traces = cfg.traces.as_ref().map(|t| t.endpoint.as_str()),
+            metrics = cfg.metrics.as_ref().map(|t| t.endpoint.as_str()),
+            logs = cfg.logs.as_ref().map(|t| t.endpoint.as_str()),
+            "OTLP export on"
+        );
+        Ok(Arc::new(OtlpExporter {
+            tx,
+            cfg,
+            metrics,
+            scope,
+            logger,
+            _logger_provider: logger_provider,
+            traces: Mutex::new(TraceMemory::default()),
+            stop: Mutex::new(Some(stop_tx)),
+            worker: Mutex::new(Some(worker)),
+        }))
+    }
+
+    fn enqueue(&self, item: Item, signal: &'static str) {
+        match self.tx.try_send(item) {
+            Ok(()) => self
+                .metrics
+                .gauge("semtap.export.queue_depth", &[])
+                .set((self.cfg.queue_size - self.tx.capacity()) as f64),
+            Err(_) => self
+                .metrics
+                .counter(
+                    "semtap.export.dropped",
+                    &[("signal", signal), ("reason", "queue_full")],
+                )
+                .inc(),
+        }
+    }
+
+    fn span(&self, record: &ExchangeRecord, analysis: Option<&Analysis>) {
+        let trace = exchange_trace_id(record);
+        let span = exchange_span_id(&record.id);
+        self.traces.lock().remember(&record.id, trace, span);
+        if self.cfg.traces.is_none() {
+            return;
+        }
+        if record.traceparent.as_ref().is_some_and(|t| !t.sampled) {
+            // Parent-based sampling, as every OTel SDK does by default.
+            return;
+        }
+        let opts = spans::SpanOptions {
+            capture_content: self.cfg.capture_content,
+            content_max_bytes: self.cfg.content_max_bytes,
+        };
+        let data = spans::build(record, analysis, opts, &self.scope);
+        self.enqueue(Item::Span(Box::new(data)), "traces");
+    }
+
+    /// Sends what is queued and waits (up to `timeout`) for it to leave.
+    pub fn flush(&self, timeout: Duration) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.try_send(Item::Flush(tx)).is_ok() {
+            let deadline = Instant::now() + timeout;
+            let mut rx = rx;
+            while Instant::now() < deadline {
+                match rx.try_recv() {
+                    Ok(()) | Err(oneshot::error::TryRecvError::Closed) => return,
+                    Err(oneshot::error::TryRecvError::Empty) => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Final flush (metrics included), then stops the thread.
+    pub fn shutdown(&self, timeout: Duration) {
+        if let Some(stop) = self.stop.lock().take() {
+            let _ = stop.send(());
+        }
+        if let Some(w) = self.worker.lock().take() {
+            let deadline = Instant::now() + timeout;
+            while !w.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if w.is_finished() {
+                let _ = w.join();
+            } else {
+                tracing::warn!("OTLP exporter still busy at shutdown; leaving it");
+            }
+        }
+    }
+}
+
+impl RecordSink for OtlpExporter {
+    fn accept(&self, record: &Arc<ExchangeRecord>) {
+        self.span(record, None);
+    }
+}
+
+impl AnalysisSink for OtlpExporter {
+    fn on_analysis(&self, record: &ExchangeRecord, analysis: &Analysis) {
+        self.span(record, Some(analysis));
+    }
+
+    fn on_incident(&self, event: &IncidentEvent) {
+        let Some(logger) = &self.logger else {
+            return;
+        };
+        let i = &event.incident;
+        let (trace, span) = self
+            .traces
+            .lock()
+            .map
+            .get(&event.exchange_id)
+            .cloned()
+            .unwrap_or_else(|| {
+                let rec = ExchangeRecord {
+                    id: event.exchange_id.clone(),
+                    ..Default::default()
+                };
+                (
+                    exchange_trace_id(&rec),
+                    exchange_span_id(&event.exchange_id),
+                )
+            });
+        let mut r = logger.create_log_record();
+        let ts = UNIX_EPOCH + Duration::from_millis(event.ts_ms);
+        r.set_timestamp(ts);
+        r.set_observed_timestamp(SystemTime::now());
+        let opened = event.state == "opened";
+        let (sev, text) = match (opened, i.severity) {
+            (true, IncidentSeverity::Critical) => (Severity::Error, "ERROR"),
+            (true, IncidentSeverity::Warning) => (Severity::Warn, "WARN"),
+            (false, _) => (Severity::Info, "INFO"),
+        };
+        r.set_severity_number(sev);
+        r.set_severity_text(text);
+        r.set_event_name(if opened {
+            "semtap.incident.opened"
+        } else {
+            "semtap.incident.resolved"
+        });
+        r.set_body(AnyValue::from(format!(
+            "incident {} {}: {} on {} ({} = {:.4}, threshold {:.4})",
+            i.id,
+            event.state,
+            i.kind.as_str(),
+            i.key,
+            i.evidence.monitor,
+            i.evidence.score,
+            i.evidence.threshold
+        )));
+        r.add_attribute("semtap.incident.id", i.id.clone());
+        r.add_attribute("semtap.incident.state", event.state);
+        r.add_attribute("semtap.incident.kind", i.kind.as_str());
+        r.add_attribute("semtap.incident.key", i.key.clone());
+        r.add_attribute(
+            "semtap.incident.severity",
+            match i.severity {
+                IncidentSeverity::Critical => "critical",
+                IncidentSeverity::Warning => "warning",
+            },
+        );
+        r.add_attribute("semtap.incident.monitor", i.evidence.monitor.clone());
+        r.add_attribute("semtap.incident.score", i.evidence.score);
+        r.add_attribute("semtap.incident.threshold", i.evidence.threshold);
+        r.add_attribute(
+            "semtap.incident.window",
+            i64::try_from(i.evidence.window).unwrap_or(i64::MAX),
+        );
+        r.add_attribute("semtap.incident.opened_by", i.exchange_id.clone());
+        r.add_attribute("semtap.exchange.id", event.exchange_id.clone());
+        if !i.evidence.detail.is_empty() {
+            r.add_attribute("semtap.incident.detail", i.evidence.detail.clone());
+        }
+        if let (Ok(t), Ok(s)) = (TraceId::from_hex(&trace), SpanId::from_hex(&span)) {
+            r.set_trace_context(t, s, Some(TraceFlags::SAMPLED));
+        }
+        self.enqueue(Item::Log(Box::new(r)), "logs");
+    }
+}
+
+/// The per-signal senders, built inside the exporter's runtime.
+struct Sinks {
+    spans: Option<opentelemetry_otlp::SpanExporter>,
+    logs: Option<opentelemetry_otlp::LogExporter>,
+    metrics: Option<MetricsSender>,
+}
+
+enum MetricsSender {
+    Grpc(
+        MetricsServiceClient<tonic::transport::Channel>,
+        SignalTarget,
+    ),
+    Http(transport::OtlpHttpClient, SignalTarget),
+}
+
+fn build_err(signal: &'static str, t: &SignalTarget, e: impl std::fmt::Display) -> ExportError {
+    ExportError::Build {
+        signal,
+        endpoint: t.endpoint.clone(),
+        reason: e.to_string(),
+    }
+}
+
+impl Sinks {
+    fn build(
+        cfg: &OtlpConfig,
+        resource: &opentelemetry_sdk::Resource,
+    ) -> Result<Sinks, ExportError> {
+        let spans = match &cfg.traces {
+            None => None,
+            Some(t) => {
+                let mut e = match t.protocol {
+                    Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+                        .with_tonic()
+                        .with_channel(
+                            transport::grpc_channel(t).map_err(|e| build_err("traces", t, e))?,
+                        )
+                        .with_metadata(transport::metadata(t))
+                        .build(),
+                    Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+                        .with_http()
+                        .with_http_client(
+                            transport::OtlpHttpClient::new(t.timeout)
+                                .map_err(|e| build_err("traces", t, e))?,
+                        )
+                        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                        .with_endpoint(t.endpoint.clone())
+                        .with_timeout(t.timeout)
+                        .with_headers(t.headers.iter().cloned().collect())
+                        .build(),
+                }
+                .map_err(|e| build_err("traces", t, e))?;
+                e.set_resource(resource);
+                Some(e)
+            }
+        };
+        let logs = match &cfg.logs {
+            None => None,
+            Some(t) => {
+                let mut e = match t.protocol {
+                    Protocol::Grpc => opentelemetry_otlp::LogExporter::builder()
+                        .with_tonic()
+                        .with_channel(
+                            transport::grpc_channel(t).map_err(|e| build_err("logs", t, e))?,
+                        )
+                        .with_metadata(transport::metadata(t))
+                        .build(),
+                    Protocol::HttpProtobuf => opentelemetry_otlp::LogExporter::builder()
+                        .with_http()
+                        .with_http_client(
+                            transport::OtlpHttpClient::new(t.timeout)
+                                .map_err(|e| build_err("logs", t, e))?,
+                        )
+                        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                        .with_endpoint(t.endpoint.clone())
+                        .with_timeout(t.timeout)
+                        .with_headers(t.headers.iter().cloned().collect())
+                        .build(),
+                }
+                .map_err(|e| build_err("logs", t, e))?;
+                e.set_resource(resource);
+                Some(e)
+            }
+        };
+        let metrics = match &cfg.metrics {
+            None => None,
+            Some(t) => Some(match t.protocol {
+                Protocol::Grpc => MetricsSender::Grpc(
+                    MetricsServiceClient::new(
+                        transport::grpc_channel(t).map_err(|e| build_err("metrics", t, e))?,
+                    ),
+                    t.clone(),
+                ),
+                Protocol::HttpProtobuf => MetricsSender::Http(
+                    transport::OtlpHttpClient::new(t.timeout)
+                        .map_err(|e| build_err("metrics", t, e))?,
+                    t.clone(),
+                ),
+            }),
+        };
+        Ok(Sinks {
+            spans,
+            logs,
+            metrics,
+        })
+    }
+}
+
+struct Worker {
+    cfg: OtlpConfig,
+    metrics: Arc<Metrics>,
+    scope: InstrumentationScope,
+    proto_resource: opentelemetry_proto::tonic::resource::v1::Resource,
+    sinks: Sinks,
+    encoder: Option<metrics::MetricsEncoder>,
+}
+
+impl Worker {
+    async fn run(mut self, mut rx: mpsc::Receiver<Item>, mut stop: oneshot::Receiver<()>) {
+        let start_ns = now_ns();
+        self.encoder = Some(metrics::MetricsEncoder::new(
+            self.cfg.temporality,
+            self.cfg.histograms,
+            start_ns,
+        ));
+        let mut spans: Vec<SpanData> = Vec::new();
+        let mut logs: Vec<SdkLogRecord> = Vec::new();
+        let mut metric_tick = tokio::time::interval(self.cfg.metric_interval);
+        metric_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        metric_tick.tick().await;
+        let mut batch_tick = tokio::time::interval(self.cfg.batch_delay);
+        batch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                item = rx.recv() => match item {
+                    Some(Item::Span(s)) => {
+                        spans.push(*s);
+                        if spans.len() >= self.cfg.batch_size {
+                            self.send_spans(&mut spans).await;
+                        }
+                    }
+                    Some(Item::Log(l)) => {
+                        logs.push(*l);
+                        if logs.len() >= self.cfg.batch_size {
+                            self.send_logs(&mut logs).await;
+                        }
+                    }
+                    Some(Item::Flush(done)) => {
+                        self.send_spans(&mut spans).await;
+                        self.send_logs(&mut logs).await;
+                        self.send_metrics().await;
+                        let _ = done.send(());
+                    }
+                    None => break,
+                },
+                _ = batch_tick.tick() => {
+                    self.send_spans(&mut spans).await;
+                    self.send_logs(&mut logs).await;
+                }
+                _ = metric_tick.tick() => self.send_metrics().await,
+                _ = &mut stop => break,
+            }
+            self.metrics
+                .gauge("semtap.export.queue_depth", &[])
+                .set(rx.len() as f64);
+        }
+        // Drain what is queued, then one last collection.
+        while let Ok(item) = rx.try_recv() {
+            match item {
+                Item::Span(s) => spans.push(*s),
+                Item::Log(l) => logs.push(*l),
+                Item::Flush(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+        self.send_spans(&mut spans).await;
+        self.send_logs(&mut logs).await;
+        self.send_metrics().await;
+    }
+
+    fn count(&self, signal: &'static str, ok: bool, n: usize, err: Option<&dyn std::fmt::Display>) {
+        if ok {
+            self.metrics
+                .counter("semtap.export.exported", &[("signal", signal)])
+                .add(n as u64);
+        } else {
+            self.metrics
+                .counter(
+                    "semtap.export.dropped",
+                    &[("signal", signal), ("reason", "export_failed")],
+                )
+                .add(n as u64);
+            if let Some(e) = err {
+                tracing::warn!(signal, items = n, error = %e, "OTLP export failed; items dropped");
+            }
+        }
+    }
+
+    /// Runs one export with the signal's timeout (plus margin for the exporter's own retries).
+    async fn bounded<F: std::future::Future<Output = Result<(), BoxError>>>(
+        timeout: Duration,
+        fut: F,
+    ) -> Result<(), BoxError> {
+        match tokio::time::timeout(timeout * 3, fut).await {
+            Ok(r) => r,
+            Err(_) => Err("export timed out".into()),
+        }
+    }
+
+    async fn send_spans(&self, batch: &mut Vec<SpanData>) {
+        if batch.is_empty() {
+            return;
+        }
+        let items = std::mem::take(batch);
+        let n = items.len();
+        let (Some(e), Some(t)) = (&self.sinks.spans, &self.cfg.traces) else {
+            return;
+        };
+        let r = Self::bounded(t.timeout, async {
+            e.export(items)
+                .await
+                .map_err(|e| -> BoxError { e.to_string().into() })
+        })
+        .await;
+        self.count("traces", r.is_ok(), n, r.as_ref().err().map(|e| e as _));
+    }
+
+    async fn send_logs(&self, batch: &mut Vec<SdkLogRecord>) {
+        if batch.is_empty() {
+            return;
+        }
+        let items = std::mem::take(batch);
+        let n = items.len();
+        let (Some(e), Some(t)) = (&self.sinks.logs, &self.cfg.logs) else {
+            return;
+        };
+        let pairs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
+            items.iter().map(|r| (r, &self.scope)).collect();
+        let r = Self::bounded(t.timeout, async {
+            e.export(LogBatch::new(&pairs))
+                .await
+                .map_err(|e| -> BoxError { e.to_string().into() })
+        })
+        .await;
+        self.count("logs", r.is_ok(), n, r.as_ref().err().map(|e| e as _));
+    }
+
+    async fn send_metrics(&mut self) {
+        let Some(sender) = &self.sinks.metrics else {
+            return;
+        };
+        let Some(encoder) = self.encoder.as_mut() else {
+            return;
+        };
+        let families = self.metrics.snapshot_detailed(encoder.wants_values());
+        let scope = opentelemetry_proto::tonic::common::v1::InstrumentationScope {
+            name: "semtap".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        };
+        let req = encoder.encode(&families, &self.proto_resource, &scope, now_ns());
+        let n = families.len();
+        let r = match sender {
+            MetricsSender::Grpc(client, t) => {
+                let mut client = client.clone();
+                let mut request = tonic::Request::new(req);
+                *request.metadata_mut() = transport::metadata(t);
+                Self::bounded(t.timeout, async move {
+                    client
+                        .export(request)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| -> BoxError { format!("{} {}", e.code(), e.message()).into() })
+                })
+                .await
+            }
+            MetricsSender::Http(client, t) => {
+                Self::bounded(t.timeout, client.post_protobuf(t, req.encode_to_vec())).await
+            }
+        };
+        self.count("metrics", r.is_ok(), n, r.as_ref().err().map(|e| e as _));
+    }
+}
