@@ -125,15 +125,18 @@ struct RunArgs {
 
 #[derive(Args, Debug)]
 struct DemoArgs {
-    /// How long to send traffic, in seconds.
-    #[arg(long, default_value_t = 20)]
+    /// Length of the scripted timeline, in seconds.
+    #[arg(long, default_value_t = 80)]
     duration: u64,
-    /// Requests per second offered.
-    #[arg(long, default_value_t = 50)]
+    /// Requests per second offered (half to each listener).
+    #[arg(long, default_value_t = 40)]
     rate: u64,
     /// Seed for the traffic mix.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Also ship traces, metrics and logs to this OTLP endpoint (e.g. http://127.0.0.1:4317).
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
 }
 
 /// Parses the command line and runs it.
@@ -285,6 +288,8 @@ fn demo(common: Common, args: DemoArgs) -> ExitCode {
         duration: std::time::Duration::from_secs(args.duration),
         rate: args.rate.max(1),
         seed: args.seed,
+        otlp_endpoint: args.otlp_endpoint,
+        model_dir: common.model_dir.clone(),
     })) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(EXIT_RUNTIME),

@@ -274,6 +274,9 @@ impl Engine {
         let blank = fired(Flag::Blank, &cheap);
         let refusal = fired(Flag::Refusal, &cheap);
         let any_cheap = cheap.iter().any(|c| c.fired());
+        let cheap_anomaly = [Flag::Repetition, Flag::Garbled, Flag::ErrorText]
+            .iter()
+            .any(|f| fired(*f, &cheap));
         for c in cheap.iter().copied() {
             put(c, &mut flags);
         }
@@ -451,9 +454,12 @@ impl Engine {
             ));
         }
         if !warming_up && content && ok && !blank {
+            // Anomalous outputs: far from the baseline, or caught by a cheap check that has no
+            // rate monitor of its own (loops, garbage, error text inside a 200).
+            let anomalous = outlier_fired || cheap_anomaly;
             verdicts.push((
                 IncidentKind::OutlierRate,
-                st.outliers.observe(outlier_fired, &rec.id, rs),
+                st.outliers.observe(anomalous, &rec.id, rs),
             ));
         }
         // Value monitors (successful, complete exchanges only).

@@ -4,10 +4,19 @@ use serde_json::{json, Value};
 
 use super::body::{Phase, Reply, SseEvent};
 use super::text::{
-    alnum_id, answer_for, chunk_words, content_text, estimate_tokens, fragments, last_user_text,
+    alnum_id, answer_with, chunk_words, content_text, estimate_tokens, fragments, last_user_text,
     messages_tokens, truncate_to_tokens, wants_weather_tool, weather_args, weather_tool_name,
 };
 use super::Ctx;
+
+/// Under the `swap` fault, the upstream silently serves another snapshot of the model.
+fn swapped(model: String, ctx: &Ctx) -> String {
+    if ctx.faults.swap {
+        format!("{model}-swapped")
+    } else {
+        model
+    }
+}
 
 /// The dated model name the API reports for an alias.
 fn resolve_model(model: Option<&str>) -> String {
@@ -44,7 +53,7 @@ pub(crate) fn messages(req: &Value, raw_body: &[u8], ctx: &Ctx) -> Result<Reply,
     if !matches!(req.get("messages"), Some(Value::Array(_))) {
         return Err("messages: Field required".to_string());
     }
-    let model = resolve_model(req.get("model").and_then(Value::as_str));
+    let model = swapped(resolve_model(req.get("model").and_then(Value::as_str)), ctx);
     let prompt = last_user_text(req.get("messages"));
     let tools_tokens = match req.get("tools") {
         Some(t @ Value::Array(a)) if !a.is_empty() => estimate_tokens(&t.to_string()),
@@ -82,7 +91,7 @@ pub(crate) fn messages(req: &Value, raw_body: &[u8], ctx: &Ctx) -> Result<Reply,
             Some(args),
         )
     } else {
-        let (text, cut) = truncate_to_tokens(&answer_for(&prompt), max);
+        let (text, cut) = truncate_to_tokens(&answer_with(&prompt, &ctx.faults), max);
         (text, if cut { "max_tokens" } else { "end_turn" }, None)
     };
     let tool_name = weather_tool_name(req);

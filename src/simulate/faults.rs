@@ -16,6 +16,12 @@ pub(crate) struct Faults {
     pub(crate) blank: bool,
     pub(crate) gzip: bool,
     pub(crate) no_usage: bool,
+    /// The answer loops: its first sentence over and over.
+    pub(crate) looping: bool,
+    /// A 200 whose text is an error message.
+    pub(crate) error_text: bool,
+    /// A silent model swap: another dated model name and answers of another style and topic.
+    pub(crate) swap: bool,
 }
 
 impl Faults {
@@ -41,6 +47,9 @@ impl Faults {
                     ("blank", _) => f.blank = true,
                     ("gzip", _) => f.gzip = true,
                     ("no_usage", _) => f.no_usage = true,
+                    ("loop", _) => f.looping = true,
+                    ("error_text", _) => f.error_text = true,
+                    ("swap", _) => f.swap = true,
                     _ => {}
                 }
             }

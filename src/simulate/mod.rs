@@ -20,7 +20,9 @@
 //!   on 429 and 529), `hang` (no response until shutdown), `cut=N` (abort the body after N
 //!   content chunks), `gate` (hold the stream after its first event until
 //!   [`MockUpstream::release_gate`]), `malformed_json`, `malformed_sse`, `blank` (empty text),
-//!   `gzip` (when the request accepts it) and `no_usage`.
+//!   `gzip` (when the request accepts it), `no_usage`, `loop` (the first sentence repeated),
+//!   `error_text` (a 200 whose text is an overload error) and `swap` (a silent model swap:
+//!   another dated model name, answers of another topic and style).
 //!
 //! # Utility endpoints (any method)
 //!

@@ -4,12 +4,21 @@ use serde_json::{json, Value};
 
 use super::body::{Phase, Reply, SseEvent};
 use super::text::{
-    alnum_id, answer_for, chunk_words, content_text, created_at, estimate_tokens, fragments,
+    alnum_id, answer_with, chunk_words, content_text, created_at, estimate_tokens, fragments,
     hex_id, last_user_text, messages_tokens, mix64, truncate_to_tokens, wants_weather_tool,
     weather_args, weather_tool_name,
 };
 use super::ws::base64;
 use super::Ctx;
+
+/// Under the `swap` fault, the upstream silently serves another snapshot of the model.
+fn swapped(model: String, ctx: &Ctx) -> String {
+    if ctx.faults.swap {
+        format!("{model}-swapped")
+    } else {
+        model
+    }
+}
 
 /// The dated model name the API reports for a request's model.
 pub(crate) fn resolve_model(model: Option<&str>) -> String {
@@ -128,7 +137,7 @@ fn say(req: &Value, prompt: &str, ctx: &Ctx, max: Option<u64>) -> Said {
             args: weather_args(prompt).to_string(),
         };
     }
-    let (text, truncated) = truncate_to_tokens(&answer_for(prompt), max);
+    let (text, truncated) = truncate_to_tokens(&answer_with(prompt, &ctx.faults), max);
     Said::Text { text, truncated }
 }
 
@@ -146,7 +155,7 @@ pub(crate) fn chat(req: &Value, ctx: &Ctx) -> Result<Reply, String> {
     if !matches!(req.get("messages"), Some(Value::Array(_))) {
         return Err("Missing required parameter: 'messages'.".to_string());
     }
-    let model = resolve_model(req.get("model").and_then(Value::as_str));
+    let model = swapped(resolve_model(req.get("model").and_then(Value::as_str)), ctx);
     let prompt = last_user_text(req.get("messages"));
     let prompt_tokens = messages_tokens(req.get("messages")) + tools_tokens(req);
     let said = say(
@@ -279,7 +288,7 @@ pub(crate) fn completions(req: &Value, ctx: &Ctx) -> Result<Reply, String> {
     let (text, truncated) = if ctx.faults.blank {
         (String::new(), false)
     } else {
-        truncate_to_tokens(&answer_for(&prompt), max_tokens(req, &["max_tokens"]))
+        truncate_to_tokens(&answer_with(&prompt, &ctx.faults), max_tokens(req, &["max_tokens"]))
     };
     let finish = if truncated { "length" } else { "stop" };
     let prompt_tokens = estimate_tokens(&prompt).max(1);
@@ -392,7 +401,7 @@ pub(crate) fn embeddings(req: &Value, ctx: &Ctx) -> Result<Reply, String> {
 
 /// `POST .../responses` (the Responses API).
 pub(crate) fn responses(req: &Value, ctx: &Ctx) -> Result<Reply, String> {
-    let model = resolve_model(req.get("model").and_then(Value::as_str));
+    let model = swapped(resolve_model(req.get("model").and_then(Value::as_str)), ctx);
     let instructions = req.get("instructions").cloned().unwrap_or(Value::Null);
     let (prompt, input_tokens) = match req.get("input") {
         Some(Value::String(s)) => (s.clone(), estimate_tokens(s) + 7),

@@ -165,6 +165,35 @@ const TOPICS: &[&[&str]] = &[
     &["lighthouse", "fresnel"],
 ];
 
+/// What a swapped-in model says instead: terse, list-shaped marketing copy whatever was asked,
+/// so both the style and the topic of the answers drift.
+const SWAPPED: &[&str] = &[
+    "Great question! Here are the key takeaways:\n- Unlock synergies across your whole workflow.\n- Upgrade to the Pro plan for priority access.\n- Our platform scales with your ambitions.\nWould you like a personalised demo?",
+    "Sure thing! Quick summary:\n- Boost productivity with one-click automation.\n- Seamless integrations with the tools you love.\n- Start your free trial today and save 20%.\nLet me know if you want pricing details!",
+    "Absolutely! Top 3 tips:\n1. Streamline onboarding with smart templates.\n2. Track every KPI in one dashboard.\n3. Invite your team and collaborate in real time.\nReady to take the next step?",
+    "Happy to help! In short:\n- Cloud-native, AI-powered, enterprise-ready.\n- Trusted by thousands of growing teams.\n- Book a call with our sales experts now.\nAnything else I can help you with today?",
+];
+
+/// The answer for a prompt under `faults` that shape text (loop, error text, model swap).
+pub(crate) fn answer_with(prompt: &str, faults: &super::faults::Faults) -> String {
+    if faults.error_text {
+        return format!(
+            "Error: The model is currently overloaded with other requests. Please retry after a \
+             short wait. (request id req_{:016x}, code 529 overloaded_error)",
+            fnv1a(&[prompt.as_bytes()])
+        );
+    }
+    if faults.swap {
+        return SWAPPED[(fnv1a(&[prompt.as_bytes()]) % SWAPPED.len() as u64) as usize].to_string();
+    }
+    let text = answer_for(prompt);
+    if faults.looping {
+        let first = text.split_inclusive(". ").next().unwrap_or(&text).trim();
+        return std::iter::repeat_n(first, 12).collect::<Vec<_>>().join(" ");
+    }
+    text
+}
+
 /// The answer for a prompt: the paragraph on a topic it names, else one chosen by hash.
 pub(crate) fn answer_for(prompt: &str) -> String {
     let lower = prompt.to_lowercase();
