@@ -118,6 +118,9 @@ struct RunArgs {
     /// Directory for state that survives restarts.
     #[arg(long, env = "SEMTAP_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Send incidents to this webhook URL (repeatable), signed with SEMTAP_WEBHOOK_SECRET.
+    #[arg(long = "webhook", value_name = "URL")]
+    webhooks: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -207,6 +210,11 @@ fn run(common: Common, args: RunArgs) -> ExitCode {
         semantic: std::env::var("SEMTAP_SEMANTIC")
             .ok()
             .map(|v| !matches!(v.as_str(), "off" | "0" | "false" | "no")),
+        webhooks: args.webhooks,
+        webhook_secret: std::env::var(crate::alert::config::CLI_SECRET_ENV)
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(crate::alert::Secret::new),
     };
     let cfg = match Config::load(args.config.as_deref(), &overrides) {
         Ok(c) => c,

@@ -120,6 +120,8 @@ struct FileConfig {
     capture: FileCapture,
     #[serde(default)]
     semantic: FileSemantic,
+    #[serde(default)]
+    webhook: Vec<crate::alert::config::FileWebhook>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -382,6 +384,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub capture_file: Option<CaptureFileConfig>,
     pub semantic: SemanticConfig,
+    /// Webhook receivers (`[[webhook]]`, `--webhook`).
+    pub webhooks: Vec<crate::alert::WebhookConfig>,
 }
 
 impl Default for Config {
@@ -398,6 +402,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(30),
             capture_file: None,
             semantic: SemanticConfig::default(),
+            webhooks: Vec::new(),
         }
     }
 }
@@ -414,6 +419,9 @@ pub struct Overrides {
     pub model_dir: Option<PathBuf>,
     /// `SEMTAP_SEMANTIC=off` turns the semantic engine off (on/off).
     pub semantic: Option<bool>,
+    /// `--webhook URL` receivers, signed with `webhook_secret` (`SEMTAP_WEBHOOK_SECRET`).
+    pub webhooks: Vec<String>,
+    pub webhook_secret: Option<crate::alert::Secret>,
 }
 
 const CLI: &str = "<command line>";
@@ -658,6 +666,20 @@ fn build(file: FileConfig, source: &str, ov: &Overrides) -> Result<Config, Confi
     }
 
     cfg.state_dir = ov.state_dir.clone().or(file.state_dir);
+    cfg.webhooks = crate::alert::config::build(
+        &file.webhook,
+        source,
+        &ov.webhooks,
+        ov.webhook_secret.as_ref(),
+        &mut issues,
+    );
+    if !cfg.webhooks.is_empty() && cfg.state_dir.is_none() {
+        issue!(
+            source,
+            "state_dir",
+            "is required with webhooks: undelivered events are spooled in <state_dir>/webhooks/ (set state_dir, --state-dir or SEMTAP_STATE_DIR)",
+        );
+    }
 
     let lim = &file.limits;
     macro_rules! positive {

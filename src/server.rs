@@ -8,6 +8,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::admin::{Admin, AdminState, Health};
+use crate::alert::Dispatcher;
 use crate::config::Config;
 use crate::metrics::{Metrics, MetricsOptions};
 use crate::pipeline::capture_file::CaptureFileSink;
@@ -27,6 +28,8 @@ pub enum StartError {
     },
     #[error("semantic engine: {source}")]
     Semantic { source: std::io::Error },
+    #[error("webhooks: {0}")]
+    Webhook(String),
     #[error("capture file {path}: {source}")]
     CaptureFile {
         path: String,
@@ -41,6 +44,8 @@ pub struct Running {
     pub semantic: Option<Arc<SemanticSink>>,
     pub pipeline: Arc<Pipeline>,
     pub health: Arc<Health>,
+    /// Webhook delivery, when receivers are configured.
+    pub webhooks: Option<Arc<Dispatcher>>,
     tap: Option<Tap>,
     admin: Option<Admin>,
     listeners: Vec<crate::tap::BoundListener>,
@@ -65,7 +70,7 @@ impl Running {
     pub async fn start_full(
         cfg: &Config,
         sinks: Vec<Arc<dyn RecordSink>>,
-        analysis_sinks: Vec<Arc<dyn AnalysisSink>>,
+        mut analysis_sinks: Vec<Arc<dyn AnalysisSink>>,
     ) -> Result<Running, StartError> {
         let mut opts = MetricsOptions::from_env();
         opts.max_models = cfg.max_models;
@@ -87,6 +92,29 @@ impl Running {
             pipeline.add_sink(sink);
         }
         health.set("pipeline", "ok", "");
+        // Webhooks: spooled under <state_dir>/webhooks/<receiver>/ (config validation
+        // requires a state dir when webhooks are configured).
+        let webhooks = if cfg.webhooks.is_empty() {
+            None
+        } else {
+            let Some(state) = &cfg.state_dir else {
+                return Err(StartError::Webhook(
+                    "a state_dir is required: undelivered events are spooled there".into(),
+                ));
+            };
+            if !cfg.semantic.enabled {
+                tracing::warn!("webhooks are configured but the semantic engine is off: no incidents will be sent");
+            }
+            let d = Dispatcher::start(&cfg.webhooks, &state.join("webhooks"), metrics.clone())
+                .map_err(|e| StartError::Webhook(e.to_string()))?;
+            analysis_sinks.push(d.clone());
+            health.set(
+                "webhooks",
+                "ok",
+                format!("{} receiver(s)", cfg.webhooks.len()),
+            );
+            Some(d)
+        };
         let semantic = if cfg.semantic.enabled {
             let sink = SemanticSink::start(
                 cfg.semantic.engine.clone(),
@@ -138,6 +166,7 @@ impl Running {
             semantic,
             pipeline,
             health,
+            webhooks,
             tap: Some(tap),
             admin: Some(admin),
             listeners,
@@ -173,6 +202,10 @@ impl Running {
         let pipeline = self.pipeline.clone();
         let _ =
             tokio::task::spawn_blocking(move || pipeline.shutdown(Duration::from_secs(5))).await;
+        if let Some(w) = self.webhooks.take() {
+            // In-flight attempts get a moment; the rest stays in the spool for the next start.
+            w.shutdown(self.grace.min(Duration::from_secs(5))).await;
+        }
         if let Some(admin) = self.admin.take() {
             admin.shutdown().await;
         }
