@@ -596,6 +596,42 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_entry_is_valid() {
+        // semtap.example.toml documents [[webhook]] commented out; every key it shows must
+        // parse (secret_file is left out: secret_env and secret_file are exclusive).
+        let example = include_str!("../../semtap.example.toml");
+        let block = example
+            .split("# [[webhook]]")
+            .nth(1)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| {
+                l.split_once(" = ").is_some_and(|(k, _)| {
+                    !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                })
+            })
+            .filter(|l| !l.starts_with("secret_file"))
+            .map(|l| {
+                if l.starts_with("secret_env") {
+                    "secret_env = \"PATH\"".to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(block.contains("url = "), "{block}");
+        let cfg = Config::from_toml(&format!("{BASE}[[webhook]]\n{block}\n"), "example");
+        let cfg = match cfg {
+            Ok(c) => c,
+            Err(e) => panic!("{e}\n{block}"),
+        };
+        assert_eq!(cfg.webhooks.len(), 1);
+        assert_eq!(cfg.webhooks[0].name, "router");
+    }
+
+    #[test]
     fn key_globs() {
         assert!(glob("prod/openai/*", "prod/openai/gpt-4o/chat"));
         assert!(glob("*/anthropic/*", "a/anthropic/claude"));
