@@ -578,3 +578,59 @@ fn python_example_verifies_semtap_signatures() {
         (Some(1), "rejected".to_string())
     );
 }
+
+#[test]
+fn config_errors_name_the_file_key_and_reason() {
+    let bin = env!("CARGO_BIN_EXE_semtap");
+    let dir = tempfile::tempdir().expect("tmp");
+    let state = dir.path().to_string_lossy().to_string();
+    let out = std::process::Command::new(bin)
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "http://127.0.0.1:9",
+        ])
+        .args([
+            "--state-dir",
+            &state,
+            "--webhook",
+            "http://127.0.0.1:9/hook",
+        ])
+        .env_remove("SEMTAP_WEBHOOK_SECRET")
+        .env_remove("SEMTAP_CONFIG")
+        .output()
+        .expect("semtap runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("<environment>: SEMTAP_WEBHOOK_SECRET: is not set"),
+        "{err}"
+    );
+
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "state_dir = \"/tmp/x\"\n[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://127.0.0.1:9\"\n\n[[webhook]]\nurl = \"not a url\"\nsecret_env = \"SEMTAP_TEST_NO_SUCH_SECRET_VAR\"\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(bin)
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .expect("semtap runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let f = file.display().to_string();
+    assert!(
+        err.contains(&format!("{f}: webhook[0].url: `not a url` is not a URL")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{f}: webhook[0].secret_env: environment variable `SEMTAP_TEST_NO_SUCH_SECRET_VAR` is not set"
+        )),
+        "{err}"
+    );
+}
