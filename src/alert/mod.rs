@@ -258,6 +258,17 @@ impl Dispatcher {
     }
 }
 
+impl Drop for Dispatcher {
+    /// A dispatcher dropped without [`Dispatcher::shutdown`] (e.g. semtap failed to start
+    /// after creating it) stops its delivery tasks; the spool keeps what was not delivered.
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks.get_mut().drain(..) {
+            t.abort();
+        }
+    }
+}
+
 impl AnalysisSink for Dispatcher {
     fn on_analysis(&self, record: &ExchangeRecord, _analysis: &Analysis) {
         if record.traceparent.is_none() {
