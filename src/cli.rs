@@ -121,6 +121,9 @@ struct RunArgs {
     /// Send traces, metrics and logs to this OTLP endpoint (overrides OTEL_EXPORTER_OTLP_ENDPOINT).
     #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
+    /// Send incidents to this webhook URL (repeatable), signed with SEMTAP_WEBHOOK_SECRET.
+    #[arg(long = "webhook", value_name = "URL")]
+    webhooks: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -215,6 +218,11 @@ fn run(common: Common, args: RunArgs) -> ExitCode {
             .map(|v| !matches!(v.as_str(), "off" | "0" | "false" | "no")),
         otlp_endpoint: args.otlp_endpoint,
         otel_env: true,
+        webhooks: args.webhooks,
+        webhook_secret: std::env::var(crate::alert::config::CLI_SECRET_ENV)
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(crate::alert::Secret::new),
     };
     let cfg = match Config::load(args.config.as_deref(), &overrides) {
         Ok(c) => c,

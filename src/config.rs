@@ -122,6 +122,7 @@ struct FileConfig {
     semantic: FileSemantic,
     #[serde(default)]
     otlp: crate::export::config::FileOtlp,
+    webhook: Vec<crate::alert::config::FileWebhook>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -386,6 +387,8 @@ pub struct Config {
     pub semantic: SemanticConfig,
     /// OTLP export; `None` when no endpoint is configured.
     pub otlp: Option<crate::export::config::OtlpConfig>,
+    /// Webhook receivers (`[[webhook]]`, `--webhook`).
+    pub webhooks: Vec<crate::alert::WebhookConfig>,
 }
 
 impl Default for Config {
@@ -403,6 +406,7 @@ impl Default for Config {
             capture_file: None,
             semantic: SemanticConfig::default(),
             otlp: None,
+            webhooks: Vec::new(),
         }
     }
 }
@@ -423,6 +427,9 @@ pub struct Overrides {
     pub otlp_endpoint: Option<String>,
     /// Read the standard `OTEL_*` variables (the command line does; tests usually do not).
     pub otel_env: bool,
+    /// `--webhook URL` receivers, signed with `webhook_secret` (`SEMTAP_WEBHOOK_SECRET`).
+    pub webhooks: Vec<String>,
+    pub webhook_secret: Option<crate::alert::Secret>,
 }
 
 const CLI: &str = "<command line>";
@@ -667,6 +674,20 @@ fn build(file: FileConfig, source: &str, ov: &Overrides) -> Result<Config, Confi
     }
 
     cfg.state_dir = ov.state_dir.clone().or(file.state_dir);
+    cfg.webhooks = crate::alert::config::build(
+        &file.webhook,
+        source,
+        &ov.webhooks,
+        ov.webhook_secret.as_ref(),
+        &mut issues,
+    );
+    if !cfg.webhooks.is_empty() && cfg.state_dir.is_none() {
+        issue!(
+            source,
+            "state_dir",
+            "is required with webhooks: undelivered events are spooled in <state_dir>/webhooks/ (set state_dir, --state-dir or SEMTAP_STATE_DIR)",
+        );
+    }
 
     let lim = &file.limits;
     macro_rules! positive {

@@ -189,19 +189,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     cfg.semantic.engine.cooldown_ms = 5_000;
     if let Some(ep) = &opts.otlp_endpoint {
         let env = |k: &str| std::env::var(k).ok();
-        cfg.otlp = crate::export::config::resolve(
-            &Default::default(),
-            "<command line>",
-            &env,
-            Some(ep),
-        )
-        .map_err(|issues| {
-            anyhow::anyhow!(issues
-                .iter()
-                .map(|i| i.to_string())
-                .collect::<Vec<_>>()
-                .join("; "))
-        })?;
+        cfg.otlp =
+            crate::export::config::resolve(&Default::default(), "<command line>", &env, Some(ep))
+                .map_err(|issues| {
+                anyhow::anyhow!(issues
+                    .iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "))
+            })?;
     }
     let (tx, events) = mpsc::channel();
     let running = Running::start_full(&cfg, Vec::new(), vec![Arc::new(Watch(tx))]).await?;
@@ -290,14 +286,28 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
                 "model": "claude-sonnet-4-5", "max_tokens": 512, "stream": stream,
                 "messages": [{"role": "user", "content": prompt}],
             });
-            build(&format!("http://{anthropic}/v1/messages"), &body, fault, true, ttft, chunk)
+            build(
+                &format!("http://{anthropic}/v1/messages"),
+                &body,
+                fault,
+                true,
+                ttft,
+                chunk,
+            )
         } else {
             let body = serde_json::json!({
                 "model": "gpt-4o-mini", "stream": stream,
                 "stream_options": {"include_usage": true},
                 "messages": [{"role": "system", "content": "Be concise."}, {"role": "user", "content": prompt}],
             });
-            build(&format!("http://{openai}/v1/chat/completions"), &body, fault, false, ttft, chunk)
+            build(
+                &format!("http://{openai}/v1/chat/completions"),
+                &body,
+                fault,
+                false,
+                ttft,
+                chunk,
+            )
         };
         let Ok(req) = req else { continue };
         let client = client.clone();
@@ -327,7 +337,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     }
     pb.finish_with_message(view.line(&running));
 
-    println!("\n{:<26} {:<10} {:>9} {:>10}  monitor", "fault", "listener", "injected", "detected");
+    println!(
+        "\n{:<26} {:<10} {:>9} {:>10}  monitor",
+        "fault", "listener", "injected", "detected"
+    );
     let mut all = true;
     for (f, o) in TIMELINE.iter().zip(&outcomes) {
         let injected = o
@@ -372,12 +385,18 @@ fn note_incident(ev: &IncidentEvent, outcomes: &mut [Outcome], start_ms: u64, pb
     let listener = i.key.split('/').next().unwrap_or("");
     let mut since = String::new();
     for (f, o) in TIMELINE.iter().zip(outcomes.iter_mut()) {
-        let Some(started) = o.started_ms else { continue };
+        let Some(started) = o.started_ms else {
+            continue;
+        };
         if f.listener != listener || !f.detected_by.contains(&i.kind) {
             continue;
         }
         if ev.state == "opened" && o.detected.is_none() && ev.ts_ms >= started {
-            o.detected = Some((ev.ts_ms, i.kind.as_str().to_string(), i.evidence.monitor.clone()));
+            o.detected = Some((
+                ev.ts_ms,
+                i.kind.as_str().to_string(),
+                i.evidence.monitor.clone(),
+            ));
             since = format!(
                 " ({:.1}s after \"{}\" began)",
                 ev.ts_ms.saturating_sub(started) as f64 / 1000.0,
@@ -418,7 +437,9 @@ async fn ensure_model(dir: Option<std::path::PathBuf>) -> anyhow::Result<std::pa
         Ok(files) => Ok(files.dir),
         Err(e) if dir.is_some() => Err(anyhow::anyhow!("{e}")),
         Err(_) => {
-            println!("the embedding model is not installed here; fetching it (about 90 MB, once)...");
+            println!(
+                "the embedding model is not installed here; fetching it (about 90 MB, once)..."
+            );
             let dest = std::path::PathBuf::from("models");
             let pulled = tokio::task::spawn_blocking(move || model::pull(&dest, true)).await?;
             match pulled {
@@ -446,13 +467,18 @@ async fn wait_for_model(running: &Running) {
                 return;
             }
             Some(c) if c.status == "down" => {
-                println!("  semantic engine     unavailable: {} (cheap checks only)", c.detail);
+                println!(
+                    "  semantic engine     unavailable: {} (cheap checks only)",
+                    c.detail
+                );
                 return;
             }
             _ => {}
         }
         if !said && started.elapsed() > Duration::from_secs(1) {
-            println!("  loading the embedding model (the first run distils its static table, ~30 s)...");
+            println!(
+                "  loading the embedding model (the first run distils its static table, ~30 s)..."
+            );
             said = true;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -552,7 +578,11 @@ impl LiveView {
         format!(
             "{rps:>4.0} req/s {tps:>6.0} tok/s | {} | flags {} | open incidents {open:.0}",
             lat.join(" | "),
-            if flags.is_empty() { "-".to_string() } else { flags.join(" ") }
+            if flags.is_empty() {
+                "-".to_string()
+            } else {
+                flags.join(" ")
+            }
         )
     }
 }

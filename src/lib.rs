@@ -6,6 +6,7 @@
 //! [`cli`] is the command line; [`simulate`] is a simulated LLM upstream for tests and the demo.
 
 pub mod admin;
+pub mod alert;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -278,46 +278,65 @@ pub struct ExchangeRecord {
     pub traceparent: Option<TraceParent>,
 }
 
-/// The trace an exchange's span belongs to: the app's own (from `traceparent`) when it sent
-/// one, else one derived from the exchange id, so every component (spans, incident logs,
-/// webhooks) names the same trace without sharing state. 32 lowercase hex digits.
+/// SHA-256 of an exchange id: bytes 0..16 are its derived trace id, 16..24 its span id.
+fn exchange_digest(exchange_id: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(exchange_id.as_bytes()).into()
+}
+
+/// The trace id an exchange's span uses (32 lowercase hex chars): the app's `traceparent`
+/// trace id when the request carried one, else the first 16 bytes of SHA-256 of the exchange
+/// id. Exporters and webhook evidence both use this, so they point at the same trace.
 pub fn exchange_trace_id(record: &ExchangeRecord) -> String {
     match &record.traceparent {
-        Some(tp) => tp.trace_id.clone(),
-        None => hex::encode(&exchange_digest(&record.id)[..16]),
+        Some(tp) if tp.trace_id.len() == 32 => tp.trace_id.to_ascii_lowercase(),
+        _ => hex::encode(&exchange_digest(&record.id)[..16]),
     }
 }
 
-/// The span id of an exchange's span, derived from the exchange id. 16 lowercase hex digits.
+/// The span id of an exchange's span (16 lowercase hex chars): bytes 16..24 of SHA-256 of the
+/// exchange id.
 pub fn exchange_span_id(exchange_id: &str) -> String {
     hex::encode(&exchange_digest(exchange_id)[16..24])
 }
 
-fn exchange_digest(id: &str) -> [u8; 32] {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(id.as_bytes()).into()
-}
-
 #[cfg(test)]
-mod ids_tests {
+mod trace_id_tests {
     use super::*;
 
     #[test]
-    fn derived_ids_are_stable_hex_and_follow_traceparent() {
-        let mut r = ExchangeRecord {
+    fn trace_id_prefers_traceparent_and_is_derived_otherwise() {
+        // The digest, computed here straight from the definition.
+        let full = {
+            use sha2::{Digest, Sha256};
+            hex::encode(Sha256::digest(b"ex-1"))
+        };
+        let mut rec = ExchangeRecord {
             id: "ex-1".into(),
             ..Default::default()
         };
-        let t = exchange_trace_id(&r);
-        assert_eq!(t.len(), 32);
-        assert_eq!(t, exchange_trace_id(&r));
+        let derived = exchange_trace_id(&rec);
+        assert_eq!(derived.len(), 32);
+        assert_eq!(derived, full[..32]);
+        assert_eq!(exchange_span_id("ex-1"), full[32..48]);
         assert_eq!(exchange_span_id("ex-1").len(), 16);
-        assert_ne!(exchange_span_id("ex-1"), exchange_span_id("ex-2"));
-        r.traceparent = Some(TraceParent {
+        assert_ne!(exchange_trace_id(&rec), exchange_span_id("ex-2"));
+        rec.traceparent = Some(TraceParent {
             trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
             parent_span_id: "00f067aa0ba902b7".into(),
             sampled: true,
         });
-        assert_eq!(exchange_trace_id(&r), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(exchange_trace_id(&rec), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn trace_id_known_vector() {
+        // python3 -c "import hashlib;h=hashlib.sha256(b'abc').hexdigest();print(h[:32],h[32:48])"
+        let rec = ExchangeRecord {
+            id: "abc".into(),
+            ..Default::default()
+        };
+        assert_eq!(exchange_trace_id(&rec), "ba7816bf8f01cfea414140de5dae2223");
+        assert_eq!(exchange_span_id("abc"), "b00361a396177a9c");
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::admin::{Admin, AdminState, Health};
+use crate::alert::Dispatcher;
 use crate::config::Config;
 use crate::export::OtlpExporter;
 use crate::metrics::{Metrics, MetricsOptions};
@@ -30,6 +31,8 @@ pub enum StartError {
     Semantic { source: std::io::Error },
     #[error(transparent)]
     Export(#[from] crate::export::ExportError),
+    #[error("webhooks: {0}")]
+    Webhook(String),
     #[error("capture file {path}: {source}")]
     CaptureFile {
         path: String,
@@ -46,6 +49,8 @@ pub struct Running {
     pub health: Arc<Health>,
     /// The OTLP exporter, when an endpoint is configured.
     pub otlp: Option<Arc<OtlpExporter>>,
+    /// Webhook delivery, when receivers are configured.
+    pub webhooks: Option<Arc<Dispatcher>>,
     tap: Option<Tap>,
     admin: Option<Admin>,
     listeners: Vec<crate::tap::BoundListener>,
@@ -106,6 +111,29 @@ impl Running {
             }
             None => None,
         };
+        // Webhooks: spooled under <state_dir>/webhooks/<receiver>/ (config validation
+        // requires a state dir when webhooks are configured).
+        let webhooks = if cfg.webhooks.is_empty() {
+            None
+        } else {
+            let Some(state) = &cfg.state_dir else {
+                return Err(StartError::Webhook(
+                    "a state_dir is required: undelivered events are spooled there".into(),
+                ));
+            };
+            if !cfg.semantic.enabled {
+                tracing::warn!("webhooks are configured but the semantic engine is off: no incidents will be sent");
+            }
+            let d = Dispatcher::start(&cfg.webhooks, &state.join("webhooks"), metrics.clone())
+                .map_err(|e| StartError::Webhook(e.to_string()))?;
+            analysis_sinks.push(d.clone());
+            health.set(
+                "webhooks",
+                "ok",
+                format!("{} receiver(s)", cfg.webhooks.len()),
+            );
+            Some(d)
+        };
         let semantic = if cfg.semantic.enabled {
             let sink = SemanticSink::start(
                 cfg.semantic.engine.clone(),
@@ -158,6 +186,7 @@ impl Running {
             pipeline,
             health,
             otlp,
+            webhooks,
             tap: Some(tap),
             admin: Some(admin),
             listeners,
@@ -196,6 +225,10 @@ impl Running {
         if let Some(otlp) = self.otlp.take() {
             let _ =
                 tokio::task::spawn_blocking(move || otlp.shutdown(Duration::from_secs(5))).await;
+        }
+        if let Some(w) = self.webhooks.take() {
+            // In-flight attempts get a moment; the rest stays in the spool for the next start.
+            w.shutdown(self.grace.min(Duration::from_secs(5))).await;
         }
         if let Some(admin) = self.admin.take() {
             admin.shutdown().await;

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use super::baseline::{dot, RefPoint, Reference};
 use super::checks::{self, CheckConfig, CheckScore, Flag};
 use super::conformal::{ShiryaevRoberts, Uniforms};
-use super::incidents::{Evidence, IncidentBook, IncidentEvent, IncidentKind, Severity, Verdict};
+use super::incidents::{
+    Evidence, IncidentBook, IncidentEvent, IncidentKind, KeyParts, Severity, Verdict,
+};
 use super::monitors::{ModelMonitor, RateMonitor, RateSettings, ValueMonitor};
 use super::TextEmbedder;
 use crate::pipeline::assemble::estimate_tokens;
@@ -159,6 +161,19 @@ pub fn key_of(rec: &ExchangeRecord) -> String {
         k.push_str(r);
     }
     k
+}
+
+/// The parts of [`key_of`], unjoined (models may contain `/`).
+pub fn key_parts_of(rec: &ExchangeRecord) -> KeyParts {
+    KeyParts {
+        listener: rec.listener.clone(),
+        provider: rec.provider.as_str().to_string(),
+        model: rec
+            .request_model
+            .clone()
+            .unwrap_or_else(|| "unknown".to_string()),
+        route: rec.route.clone(),
+    }
 }
 
 fn is_content_api(api: Api) -> bool {
@@ -489,9 +504,10 @@ impl Engine {
         }
         let drift = st.drift.value();
 
+        let parts = key_parts_of(rec);
         let events = verdicts
             .into_iter()
-            .filter_map(|(kind, v)| self.book.apply(kind, &key, v, now, &rec.id))
+            .filter_map(|(kind, v)| self.book.apply_for(kind, &key, &parts, v, now, &rec.id))
             .collect();
         let analysis = Analysis {
             id: rec.id.clone(),

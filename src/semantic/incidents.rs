@@ -88,6 +88,16 @@ pub struct Incident {
     pub kind: IncidentKind,
     /// `<listener>/<provider>/<model>[/<route>]`.
     pub key: String,
+    /// The key's parts, as structured fields (models may contain `/`, so do not re-parse
+    /// `key`). Empty in incidents saved before these fields existed.
+    #[serde(default)]
+    pub listener: String,
+    #[serde(default)]
+    pub provider: String,
+    #[serde(default)]
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
     pub severity: Severity,
     pub opened_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -95,6 +105,15 @@ pub struct Incident {
     /// The exchange that opened it.
     pub exchange_id: String,
     pub evidence: Evidence,
+}
+
+/// The parts of a baseline key: `<listener>/<provider>/<model>[/<route>]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyParts {
+    pub listener: String,
+    pub provider: String,
+    pub model: String,
+    pub route: Option<String>,
 }
 
 /// An incident opening or resolving.
@@ -143,11 +162,32 @@ impl IncidentBook {
         }
     }
 
-    /// Applies a verdict; returns the event it causes, if any.
+    /// Applies a verdict; returns the event it causes, if any. Incidents it opens have empty
+    /// key parts; the engine uses [`IncidentBook::apply_for`].
     pub fn apply(
         &mut self,
         kind: IncidentKind,
         key: &str,
+        verdict: Verdict,
+        now_ms: u64,
+        exchange_id: &str,
+    ) -> Option<IncidentEvent> {
+        self.apply_for(
+            kind,
+            key,
+            &KeyParts::default(),
+            verdict,
+            now_ms,
+            exchange_id,
+        )
+    }
+
+    /// Applies a verdict for `key`, whose parts are `parts`; returns the event it causes.
+    pub fn apply_for(
+        &mut self,
+        kind: IncidentKind,
+        key: &str,
+        parts: &KeyParts,
         verdict: Verdict,
         now_ms: u64,
         exchange_id: &str,
@@ -172,6 +212,10 @@ impl IncidentBook {
                     id: format!("{}-{}", self.prefix, self.next),
                     kind,
                     key: key.to_string(),
+                    listener: parts.listener.clone(),
+                    provider: parts.provider.clone(),
+                    model: parts.model.clone(),
+                    route: parts.route.clone(),
                     severity,
                     opened_ms: now_ms,
                     resolved_ms: None,

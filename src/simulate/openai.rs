@@ -288,7 +288,10 @@ pub(crate) fn completions(req: &Value, ctx: &Ctx) -> Result<Reply, String> {
     let (text, truncated) = if ctx.faults.blank {
         (String::new(), false)
     } else {
-        truncate_to_tokens(&answer_with(&prompt, &ctx.faults), max_tokens(req, &["max_tokens"]))
+        truncate_to_tokens(
+            &answer_with(&prompt, &ctx.faults),
+            max_tokens(req, &["max_tokens"]),
+        )
     };
     let finish = if truncated { "length" } else { "stop" };
     let prompt_tokens = estimate_tokens(&prompt).max(1);
