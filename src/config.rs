@@ -122,6 +122,7 @@ struct FileConfig {
     semantic: FileSemantic,
     #[serde(default)]
     otlp: crate::export::config::FileOtlp,
+    #[serde(default)]
     webhook: Vec<crate::alert::config::FileWebhook>,
 }
 
