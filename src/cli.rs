@@ -284,7 +284,8 @@ fn demo(common: Common, args: DemoArgs) -> ExitCode {
         .as_deref()
         .and_then(LogFormat::parse)
         .unwrap_or_default();
-    init_logging(format, common.log_level.as_deref().unwrap_or("warn"));
+    // The demo prints incidents itself; logs would repeat them.
+    init_logging(format, common.log_level.as_deref().unwrap_or("error"));
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {

@@ -199,6 +199,18 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
                     .join("; "))
             })?;
     }
+    // A local receiver gets every incident as a signed webhook, as a gateway would.
+    let secret = format!("demo-{:016x}", rand::random::<u64>());
+    let (hook_tx, hooks) = mpsc::channel();
+    let receiver = start_receiver(secret.clone(), hook_tx).await?;
+    cfg.webhooks.push(
+        crate::alert::WebhookConfig::new(
+            "demo-gateway",
+            &format!("http://{receiver}/hooks/semtap"),
+            crate::alert::Secret::new(secret),
+        )
+        .map_err(anyhow::Error::msg)?,
+    );
     let (tx, events) = mpsc::channel();
     let running = Running::start_full(&cfg, Vec::new(), vec![Arc::new(Watch(tx))]).await?;
     let addr = |name: &str| {
@@ -215,6 +227,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     println!("  OpenAI base URL     http://{openai}/v1");
     println!("  Anthropic base URL  http://{anthropic}");
     println!("  admin               http://{admin}/metrics  /status  /incidents");
+    println!("  webhook receiver    http://{receiver}/hooks/semtap (HMAC-SHA256 signed)");
     if let Some(ep) = &opts.otlp_endpoint {
         println!("  OTLP                {ep}");
     }
@@ -250,6 +263,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     let mut tasks = tokio::task::JoinSet::new();
     let mut view = LiveView::default();
     let mut last_view = Instant::now();
+    let mut last_plain = Instant::now();
     let mut n = 0u64;
     while start.elapsed() < opts.duration {
         tick.tick().await;
@@ -262,12 +276,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
             if f.listener == listener && t >= f.from && t < f.to {
                 if outcomes[i].started_ms.is_none() {
                     outcomes[i].started_ms = Some(now_ms());
-                    pb.println(format!(
-                        "[{:>5.1}s] >>> injecting: {} on {}",
-                        start.elapsed().as_secs_f64(),
-                        f.name,
-                        f.listener
-                    ));
+                    say(
+                        &pb,
+                        format!(
+                            "[{:>5.1}s] >>> injecting: {} on {}",
+                            start.elapsed().as_secs_f64(),
+                            f.name,
+                            f.listener
+                        ),
+                    );
                 }
                 if rng.random_bool(f.share) {
                     match f.header {
@@ -320,10 +337,22 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         while let Ok(ev) = events.try_recv() {
             note_incident(&ev, &mut outcomes, start_ms, &pb);
         }
+        while let Ok(h) = hooks.try_recv() {
+            say(&pb, h.line(start_ms));
+        }
         if last_view.elapsed() >= Duration::from_millis(500) {
             last_view = Instant::now();
             pb.set_position(start.elapsed().as_millis() as u64);
-            pb.set_message(view.line(&running));
+            if !pb.is_hidden() {
+                pb.set_message(view.line(&running));
+            } else if last_plain.elapsed() >= Duration::from_secs(10) {
+                last_plain = Instant::now();
+                println!(
+                    "[{:>5.1}s] {}",
+                    start.elapsed().as_secs_f64(),
+                    view.line(&running)
+                );
+            }
         }
     }
     while tasks.join_next().await.is_some() {}
@@ -333,9 +362,16 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         while let Ok(ev) = events.try_recv() {
             note_incident(&ev, &mut outcomes, start_ms, &pb);
         }
+        while let Ok(h) = hooks.try_recv() {
+            say(&pb, h.line(start_ms));
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    pb.finish_with_message(view.line(&running));
+    let last_line = view.line(&running);
+    if pb.is_hidden() {
+        println!("[{:>5.1}s] {last_line}", start.elapsed().as_secs_f64());
+    }
+    pb.finish_with_message(last_line);
 
     println!(
         "\n{:<26} {:<10} {:>9} {:>10}  monitor",
@@ -379,6 +415,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     Ok(all)
 }
 
+/// A line above the progress bar, or plain output when the bar is hidden (not a terminal).
+fn say(pb: &ProgressBar, line: String) {
+    if pb.is_hidden() {
+        println!("{line}");
+    } else {
+        pb.println(line);
+    }
+}
+
 fn note_incident(ev: &IncidentEvent, outcomes: &mut [Outcome], start_ms: u64, pb: &ProgressBar) {
     let i = &ev.incident;
     let at = (ev.ts_ms.saturating_sub(start_ms)) as f64 / 1000.0;
@@ -410,24 +455,114 @@ fn note_incident(ev: &IncidentEvent, outcomes: &mut [Outcome], start_ms: u64, pb
         }
     }
     if ev.state == "opened" {
-        pb.println(format!(
-            "[{at:>5.1}s] OPEN     {} {:<14} {} {}={:.3} > {:.3}{since}",
-            i.id,
-            i.kind.as_str(),
-            i.key,
-            i.evidence.monitor,
-            i.evidence.score,
-            i.evidence.threshold
-        ));
+        say(
+            pb,
+            format!(
+                "[{at:>5.1}s] OPEN     {} {:<14} {} {}={:.3} > {:.3}{since}",
+                i.id,
+                i.kind.as_str(),
+                i.key,
+                i.evidence.monitor,
+                i.evidence.score,
+                i.evidence.threshold
+            ),
+        );
     } else {
-        pb.println(format!(
-            "[{at:>5.1}s] RESOLVED {} {:<14} {} (open {:.1}s)",
-            i.id,
-            i.kind.as_str(),
-            i.key,
-            ev.ts_ms.saturating_sub(i.opened_ms) as f64 / 1000.0
-        ));
+        say(
+            pb,
+            format!(
+                "[{at:>5.1}s] RESOLVED {} {:<14} {} (open {:.1}s)",
+                i.id,
+                i.kind.as_str(),
+                i.key,
+                ev.ts_ms.saturating_sub(i.opened_ms) as f64 / 1000.0
+            ),
+        );
     }
+}
+
+/// What the demo's webhook receiver saw.
+struct Hook {
+    at_ms: u64,
+    verified: bool,
+    body: serde_json::Value,
+}
+
+impl Hook {
+    fn line(&self, start_ms: u64) -> String {
+        let b = &self.body;
+        let s = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
+        format!(
+            "[{:>5.1}s]   webhook {} {} {} signature {} -> action {} {}/{}",
+            self.at_ms.saturating_sub(start_ms) as f64 / 1000.0,
+            s(&b["type"]),
+            s(&b["incident"]["id"]),
+            s(&b["incident"]["kind"]),
+            if self.verified { "ok" } else { "INVALID" },
+            s(&b["suggested_action"]["action"]),
+            s(&b["suggested_action"]["provider"]),
+            s(&b["suggested_action"]["model"]),
+        )
+    }
+}
+
+/// A gateway stand-in: verifies each delivery's signature and reports it.
+async fn start_receiver(
+    secret: String,
+    tx: mpsc::Sender<Hook>,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let secret = Arc::new(secret);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (secret, tx) = (secret.clone(), tx.clone());
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (secret, tx) = (secret.clone(), tx.clone());
+                        async move {
+                            let sig = req
+                                .headers()
+                                .get(crate::alert::SIGNATURE_HEADER)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_string();
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let now = now_ms() / 1000;
+                            let verified = crate::alert::verify(
+                                secret.as_bytes(),
+                                &sig,
+                                &body,
+                                now,
+                                crate::alert::TOLERANCE_SECS,
+                            )
+                            .is_ok();
+                            let body = serde_json::from_slice(&body).unwrap_or_default();
+                            let _ = tx.send(Hook {
+                                at_ms: now_ms(),
+                                verified,
+                                body,
+                            });
+                            let status = if verified { 200 } else { 401 };
+                            Ok::<_, hyper::Error>(
+                                http::Response::builder()
+                                    .status(status)
+                                    .body(Full::new(Bytes::new()))
+                                    .unwrap_or_default(),
+                            )
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
 }
 
 /// Resolves the model, pulling it (with a progress bar) if it is not installed.

@@ -415,6 +415,8 @@ impl Engine {
                             },
                         },
                     ));
+                    // Resolving takes 50 fresh healthy answers, not the ones before the alarm.
+                    st.recent_p.clear();
                 } else if st.drift_open && st.recent_p.len() >= 50 {
                     let mean = st.recent_p.iter().sum::<f64>() / st.recent_p.len() as f64;
                     let low = st.recent_p.iter().filter(|&&p| p <= 0.05).count() as f64

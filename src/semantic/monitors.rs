@@ -158,11 +158,26 @@ pub struct ValueMonitor {
     min_effect: f64,
     learn: Vec<f64>,
     learn_n: usize,
-    /// Baseline tail quantile (p99 for high-is-bad, p1 otherwise) and median.
+    /// Baseline tail quantile (p95 for high-is-bad, p5 otherwise) and median.
     tail: Option<f64>,
     median: Option<f64>,
+    /// Upper confidence bound (99%) of the chance a healthy value is beyond `tail`: the tail is
+    /// itself estimated from `learn_n` values, and testing against its nominal 5% would turn
+    /// every unlucky baseline into a stream of false alarms.
+    #[serde(default)]
+    p0: Option<f64>,
     recent: VecDeque<(f64, String)>,
     open: bool,
+}
+
+/// Wilson upper bound (z = 2.33, one-sided 99%) of a proportion seen `hits` times in `n`.
+fn wilson_upper(hits: usize, n: usize) -> f64 {
+    let n = n.max(1) as f64;
+    let p = hits as f64 / n;
+    let z2 = 2.33f64 * 2.33;
+    let centre = p + z2 / (2.0 * n);
+    let spread = 2.33 * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    ((centre + spread) / (1.0 + z2 / n)).min(0.5)
 }
 
 /// Recent values compared with the baseline tail.
@@ -179,6 +194,7 @@ impl ValueMonitor {
             learn_n,
             tail: None,
             median: None,
+            p0: None,
             recent: VecDeque::new(),
             open: false,
         }
@@ -195,8 +211,14 @@ impl ValueMonitor {
                 let mut s = std::mem::take(&mut self.learn);
                 s.sort_by(f64::total_cmp);
                 let q = |f: f64| s[((s.len() - 1) as f64 * f).round() as usize];
-                self.tail = Some(if self.high_is_bad { q(0.99) } else { q(0.01) });
+                let tail = if self.high_is_bad { q(0.95) } else { q(0.05) };
+                let beyond = s
+                    .iter()
+                    .filter(|&&x| if self.high_is_bad { x > tail } else { x < tail })
+                    .count();
+                self.tail = Some(tail);
                 self.median = Some(q(0.5));
+                self.p0 = Some(wilson_upper(beyond, s.len()));
             }
             return Verdict::Hold;
         };
@@ -213,7 +235,7 @@ impl ValueMonitor {
         };
         let k = self.recent.iter().filter(|(x, _)| bad(*x)).count() as u64;
         let n = self.recent.len() as u64;
-        let p = binomial_sf(k, n, 0.01);
+        let p = binomial_sf(k, n, self.p0.unwrap_or(0.01));
         if n >= 10 && k >= 3 && p < alpha {
             self.open = true;
             let mut vals: Vec<f64> = self.recent.iter().map(|(x, _)| *x).collect();
@@ -246,7 +268,7 @@ impl ValueMonitor {
                         .collect(),
                     detail: format!(
                         "{k} of last {n} beyond the baseline {} {tail:.4} (median now {recent_median:.4}, was {median:.4})",
-                        if self.high_is_bad { "p99" } else { "p1" }
+                        if self.high_is_bad { "p95" } else { "p5" }
                     ),
                 },
             };
