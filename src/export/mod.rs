@@ -369,6 +369,35 @@ fn build_err(signal: &'static str, t: &SignalTarget, e: impl std::fmt::Display) 
     }
 }
 
+/// Builds one of the OTLP crate's exporters (their builders share method names, not a trait)
+/// for `target`, over our tonic channel or our hyper client, with the resource set.
+macro_rules! otlp_exporter {
+    ($kind:ident, $t:expr, $signal:expr, $resource:expr) => {{
+        let t: &SignalTarget = $t;
+        let mut e = match t.protocol {
+            Protocol::Grpc => opentelemetry_otlp::$kind::builder()
+                .with_tonic()
+                .with_channel(transport::grpc_channel(t).map_err(|e| build_err($signal, t, e))?)
+                .with_metadata(transport::metadata(t))
+                .build(),
+            Protocol::HttpProtobuf => opentelemetry_otlp::$kind::builder()
+                .with_http()
+                .with_http_client(
+                    transport::OtlpHttpClient::new(t.timeout)
+                        .map_err(|e| build_err($signal, t, e))?,
+                )
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(t.endpoint.clone())
+                .with_timeout(t.timeout)
+                .with_headers(t.headers.iter().cloned().collect())
+                .build(),
+        }
+        .map_err(|e| build_err($signal, t, e))?;
+        e.set_resource($resource);
+        e
+    }};
+}
+
 impl Sinks {
     fn build(
         cfg: &OtlpConfig,
@@ -376,59 +405,11 @@ impl Sinks {
     ) -> Result<Sinks, ExportError> {
         let spans = match &cfg.traces {
             None => None,
-            Some(t) => {
-                let mut e = match t.protocol {
-                    Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-                        .with_tonic()
-                        .with_channel(
-                            transport::grpc_channel(t).map_err(|e| build_err("traces", t, e))?,
-                        )
-                        .with_metadata(transport::metadata(t))
-                        .build(),
-                    Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-                        .with_http()
-                        .with_http_client(
-                            transport::OtlpHttpClient::new(t.timeout)
-                                .map_err(|e| build_err("traces", t, e))?,
-                        )
-                        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                        .with_endpoint(t.endpoint.clone())
-                        .with_timeout(t.timeout)
-                        .with_headers(t.headers.iter().cloned().collect())
-                        .build(),
-                }
-                .map_err(|e| build_err("traces", t, e))?;
-                e.set_resource(resource);
-                Some(e)
-            }
+            Some(t) => Some(otlp_exporter!(SpanExporter, t, "traces", resource)),
         };
         let logs = match &cfg.logs {
             None => None,
-            Some(t) => {
-                let mut e = match t.protocol {
-                    Protocol::Grpc => opentelemetry_otlp::LogExporter::builder()
-                        .with_tonic()
-                        .with_channel(
-                            transport::grpc_channel(t).map_err(|e| build_err("logs", t, e))?,
-                        )
-                        .with_metadata(transport::metadata(t))
-                        .build(),
-                    Protocol::HttpProtobuf => opentelemetry_otlp::LogExporter::builder()
-                        .with_http()
-                        .with_http_client(
-                            transport::OtlpHttpClient::new(t.timeout)
-                                .map_err(|e| build_err("logs", t, e))?,
-                        )
-                        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                        .with_endpoint(t.endpoint.clone())
-                        .with_timeout(t.timeout)
-                        .with_headers(t.headers.iter().cloned().collect())
-                        .build(),
-                }
-                .map_err(|e| build_err("logs", t, e))?;
-                e.set_resource(resource);
-                Some(e)
-            }
+            Some(t) => Some(otlp_exporter!(LogExporter, t, "logs", resource)),
         };
         let metrics = match &cfg.metrics {
             None => None,

@@ -406,7 +406,9 @@ mod tests {
                 worst = worst.max(Some(severity));
             }
         }
-        assert!(first.is_some_and(|i| i < 8), "{first:?}");
+        // The tail rate is a 99% upper bound from 100 warm-up values (~0.13), so a spike needs
+        // about a dozen values beyond it.
+        assert!(first.is_some_and(|i| i < 14), "{first:?}");
         assert_eq!(
             worst,
             Some(Severity::Critical),
