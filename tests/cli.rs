@@ -185,6 +185,30 @@ fn usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+#[test]
+fn bad_otlp_settings_exit_2_naming_the_flag_or_variable() {
+    let base = ["run", "--listen", "127.0.0.1:0", "--upstream", "http://x"];
+    let out = Command::new(BIN)
+        .args(base)
+        .args(["--otlp-endpoint", "collector:4317"])
+        .env("SEMTAP_SEMANTIC", "off")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--otlp-endpoint"), "{err}");
+    let out = Command::new(BIN)
+        .args(base)
+        .env("SEMTAP_SEMANTIC", "off")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_with_flags_binds_port_0_and_sigterm_lets_streams_finish() {
     let up = MockUpstream::start().await.expect("mock");
