@@ -67,9 +67,6 @@ fn model_tokenizer() -> Option<(PathBuf, String)> {
 /// pieces and every ASCII character, for machines without the model.
 fn generated_tokenizer(dir: &Path) -> PathBuf {
     use tokenizers::normalizers::BertNormalizer;
-    use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
-    use tokenizers::processors::template::TemplateProcessing;
-    use tokenizers::AddedToken;
 
     let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
         .map(String::from)
@@ -104,26 +101,8 @@ fn generated_tokenizer(dir: &Path) -> PathBuf {
     vocab.retain(|t| seen.insert(t.clone()));
     let vocab_path = dir.join("vocab.txt");
     std::fs::write(&vocab_path, vocab.join("\n") + "\n").expect("write vocab");
-    let model = tokenizers::models::wordpiece::WordPiece::from_file(
-        vocab_path.to_str().expect("utf-8 path"),
-    )
-    .unk_token("[UNK]".into())
-    .build()
-    .expect("wordpiece");
-    let mut tok = Tokenizer::new(model);
-    tok.with_normalizer(Some(BertNormalizer::default()));
-    tok.with_pre_tokenizer(Some(BertPreTokenizer));
-    tok.with_post_processor(Some(
-        TemplateProcessing::builder()
-            .try_single("[CLS] $A [SEP]")
-            .expect("template")
-            .special_tokens(vec![("[CLS]", 2), ("[SEP]", 3)])
-            .build()
-            .expect("template"),
-    ));
-    tok.add_special_tokens(
-        &["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"].map(|s| AddedToken::from(s, true)),
-    );
+    let tok = semtap::semantic::testing::bert_tokenizer(&vocab_path, BertNormalizer::default())
+        .expect("reference tokenizer");
     let path = dir.join("tokenizer.json");
     tok.save(&path, false).expect("save");
     path

@@ -302,41 +302,26 @@ impl Engine {
             .unwrap_or_else(|| estimate_tokens(&rec.response));
         let log_len = (1.0 + out_tokens as f64).ln();
 
-        if !self.keys.contains_key(&key) {
-            if self.keys.len() >= self.cfg.max_keys {
-                self.overflow_keys += 1;
-                let analysis = Analysis {
-                    id: rec.id.clone(),
-                    key,
-                    ts_ms: now,
-                    flags,
-                    scores,
-                    thresholds,
-                    drift: 0.0,
-                    warming_up: true,
-                    embedded,
-                };
-                return (analysis, Vec::new());
-            }
-            self.keys.insert(key.clone(), KeyState::new(&self.cfg, now));
+        if !self.keys.contains_key(&key) && self.keys.len() >= self.cfg.max_keys {
+            // Past the key limit: the cheap checks only, no baseline.
+            self.overflow_keys += 1;
+            let analysis = Analysis {
+                id: rec.id.clone(),
+                key,
+                ts_ms: now,
+                flags,
+                scores,
+                thresholds,
+                drift: 0.0,
+                warming_up: true,
+                embedded,
+            };
+            return (analysis, Vec::new());
         }
-        let Some(st) = self.keys.get_mut(&key) else {
-            unreachable_key();
-            return (
-                Analysis {
-                    id: rec.id.clone(),
-                    key,
-                    ts_ms: now,
-                    flags,
-                    scores,
-                    thresholds,
-                    drift: 0.0,
-                    warming_up: true,
-                    embedded,
-                },
-                Vec::new(),
-            );
-        };
+        let st = self
+            .keys
+            .entry(key.clone())
+            .or_insert_with(|| KeyState::new(&self.cfg, now));
         st.last_ms = now;
         let mut verdicts: Vec<(IncidentKind, Verdict)> = Vec::new();
         let alpha = self.cfg.alpha;
@@ -625,8 +610,4 @@ impl Reference {
             self.finalize();
         }
     }
-}
-
-fn unreachable_key() {
-    tracing::error!("engine key vanished between insert and lookup");
 }

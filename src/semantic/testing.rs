@@ -183,8 +183,10 @@ fn write_weights(path: &Path, vocab_size: usize, seed: u64) -> io::Result<()> {
     candle_core::safetensors::save(&tensors, path).map_err(other)
 }
 
-/// A BERT WordPiece tokenizer like the packaged one, including its fixed-128 padding.
-fn write_tokenizer(path: &Path, vocab_path: &Path) -> io::Result<()> {
+/// A BERT WordPiece `tokenizers::Tokenizer` over `vocab_path` (whose first five tokens are
+/// `[PAD] [UNK] [CLS] [SEP] [MASK]`), normalising with `normalizer`: the reference that
+/// semtap's own WordPiece is tested and benchmarked against.
+pub fn bert_tokenizer(vocab_path: &Path, normalizer: BertNormalizer) -> io::Result<Tokenizer> {
     let wordpiece = WordPiece::from_file(&vocab_path.to_string_lossy())
         .unk_token("[UNK]".to_string())
         .continuing_subword_prefix("##".to_string())
@@ -200,7 +202,7 @@ fn write_tokenizer(path: &Path, vocab_path: &Path) -> io::Result<()> {
         .build()
         .map_err(other)?;
     let mut tok = Tokenizer::new(wordpiece);
-    tok.with_normalizer(Some(BertNormalizer::new(true, true, None, true)));
+    tok.with_normalizer(Some(normalizer));
     tok.with_pre_tokenizer(Some(BertPreTokenizer));
     tok.with_post_processor(Some(post));
     tok.with_decoder(Some(WordPieceDecoder::default()));
@@ -209,6 +211,12 @@ fn write_tokenizer(path: &Path, vocab_path: &Path) -> io::Result<()> {
         .map(|s| AddedToken::from(*s, true))
         .collect();
     tok.add_special_tokens(&specials);
+    Ok(tok)
+}
+
+/// A BERT WordPiece tokenizer like the packaged one, including its fixed-128 padding.
+fn write_tokenizer(path: &Path, vocab_path: &Path) -> io::Result<()> {
+    let mut tok = bert_tokenizer(vocab_path, BertNormalizer::new(true, true, None, true))?;
     tok.with_padding(Some(PaddingParams {
         strategy: PaddingStrategy::Fixed(128),
         direction: PaddingDirection::Right,

@@ -1330,10 +1330,9 @@ mod tests {
     use std::path::PathBuf;
     use tokenizers::normalizers::BertNormalizer;
     use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
-    use tokenizers::processors::template::TemplateProcessing;
     use tokenizers::{
-        AddedToken, NormalizedString, Normalizer as _, OffsetReferential, OffsetType,
-        PreTokenizedString, PreTokenizer as _, Tokenizer, TruncationParams,
+        NormalizedString, Normalizer as _, OffsetReferential, OffsetType, PreTokenizedString,
+        PreTokenizer as _, Tokenizer, TruncationParams,
     };
 
     /// The real model's tokenizer.json: `models/all-MiniLM-L6-v2/` in the repository, or the
@@ -1568,35 +1567,11 @@ mod tests {
         }
         let vocab_path = dir.join("vocab.txt");
         std::fs::write(&vocab_path, vocab.join("\n") + "\n").expect("write vocab");
-        let model = tokenizers::models::wordpiece::WordPiece::from_file(
-            vocab_path.to_str().expect("utf-8 path"),
+        let tok = crate::semantic::testing::bert_tokenizer(
+            &vocab_path,
+            BertNormalizer::new(clean_text, chinese, strip_accents, lowercase),
         )
-        .unk_token("[UNK]".into())
-        .build()
-        .expect("wordpiece");
-        let mut tok = Tokenizer::new(model);
-        tok.with_normalizer(Some(BertNormalizer::new(
-            clean_text,
-            chinese,
-            strip_accents,
-            lowercase,
-        )));
-        tok.with_pre_tokenizer(Some(BertPreTokenizer));
-        tok.with_post_processor(Some(
-            TemplateProcessing::builder()
-                .try_single("[CLS] $A [SEP]")
-                .expect("template")
-                .special_tokens(vec![("[CLS]", 2), ("[SEP]", 3)])
-                .build()
-                .expect("template"),
-        ));
-        tok.add_special_tokens(&[
-            AddedToken::from("[PAD]", true),
-            AddedToken::from("[UNK]", true),
-            AddedToken::from("[CLS]", true),
-            AddedToken::from("[SEP]", true),
-            AddedToken::from("[MASK]", true),
-        ]);
+        .expect("reference tokenizer");
         let path = dir.join("tokenizer.json");
         tok.save(&path, false).expect("save tokenizer.json");
         path
