@@ -230,28 +230,37 @@ pub struct Upstream {
     pub path_prefix: String,
 }
 
+/// Parses an outgoing `http(s)://host[:port]/path[?query]` URL (upstreams, OTLP endpoints,
+/// webhooks). Credentials in the URL are refused: secrets go in headers, never in URLs.
+pub fn parse_http_url(text: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        Some(s) => return Err(format!("scheme `{s}` is not supported (use http or https)")),
+        None => return Err(format!("`{text}` has no scheme (use http:// or https://)")),
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(format!("`{text}` has no host"));
+    };
+    if authority.as_str().contains('@') {
+        return Err("credentials in the URL are not allowed (use headers)".to_string());
+    }
+    if authority.host().is_empty() {
+        return Err(format!("`{text}` has no host"));
+    }
+    Ok(uri)
+}
+
 impl Upstream {
     /// Parses `http(s)://host[:port][/prefix]`. Userinfo is refused: keys do not go in URLs.
     pub fn parse(text: &str) -> Result<Upstream, String> {
-        let uri: http::Uri = text
-            .parse()
-            .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .ok_or_else(|| format!("`{text}` has no scheme (use http:// or https://)"))?;
-        if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
-            return Err(format!(
-                "scheme `{scheme}` is not supported (use http or https)"
-            ));
-        }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| format!("`{text}` has no host"))?;
-        if authority.as_str().contains('@') {
-            return Err("credentials in the upstream URL are not allowed".to_string());
-        }
+        let uri = parse_http_url(text)?;
+        let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned())
+        else {
+            return Err(format!("`{text}` has no host"));
+        };
         if uri.query().is_some() {
             return Err("the upstream URL must not have a query string".to_string());
         }

@@ -284,20 +284,85 @@ fn exchange_digest(exchange_id: &str) -> [u8; 32] {
     Sha256::digest(exchange_id.as_bytes()).into()
 }
 
-/// The trace id an exchange's span uses (32 lowercase hex chars): the app's `traceparent`
-/// trace id when the request carried one, else the first 16 bytes of SHA-256 of the exchange
-/// id. Exporters and webhook evidence both use this, so they point at the same trace.
-pub fn exchange_trace_id(record: &ExchangeRecord) -> String {
-    match &record.traceparent {
+/// The trace and span id of an exchange's span (32 and 16 lowercase hex chars), from one digest:
+/// the app's `traceparent` trace id when the request carried one, else the first 16 bytes of
+/// SHA-256 of the exchange id; the span id is bytes 16..24 of that digest. Exporters and
+/// webhook evidence both use this, so they point at the same trace without sharing state.
+pub fn exchange_ids(exchange_id: &str, traceparent: Option<&TraceParent>) -> (String, String) {
+    let d = exchange_digest(exchange_id);
+    let trace = match traceparent {
         Some(tp) if tp.trace_id.len() == 32 => tp.trace_id.to_ascii_lowercase(),
-        _ => hex::encode(&exchange_digest(&record.id)[..16]),
-    }
+        _ => hex::encode(&d[..16]),
+    };
+    (trace, hex::encode(&d[16..24]))
 }
 
-/// The span id of an exchange's span (16 lowercase hex chars): bytes 16..24 of SHA-256 of the
-/// exchange id.
+/// The trace id of `record`'s span (see [`exchange_ids`]).
+pub fn exchange_trace_id(record: &ExchangeRecord) -> String {
+    exchange_ids(&record.id, record.traceparent.as_ref()).0
+}
+
+/// The span id of an exchange's span (see [`exchange_ids`]).
 pub fn exchange_span_id(exchange_id: &str) -> String {
     hex::encode(&exchange_digest(exchange_id)[16..24])
+}
+
+/// The app's trace ids of recent exchanges that carried a `traceparent`, so an exchange named
+/// later (an incident's evidence) maps to the trace its span joined. Exchanges without one need
+/// no entry: their trace id derives from the id. Bounded: the oldest entry goes first.
+#[derive(Debug)]
+pub struct TraceIndex {
+    cap: usize,
+    map: std::collections::HashMap<String, String>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl TraceIndex {
+    /// An index of at most `cap` exchanges.
+    pub fn new(cap: usize) -> TraceIndex {
+        TraceIndex {
+            cap: cap.max(1),
+            map: Default::default(),
+            order: Default::default(),
+        }
+    }
+
+    /// Remembers `record`'s trace if the app sent one.
+    pub fn remember(&mut self, record: &ExchangeRecord) {
+        let Some(tp) = &record.traceparent else {
+            return;
+        };
+        if self.map.contains_key(&record.id) {
+            return;
+        }
+        while self.order.len() >= self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+        let trace = exchange_ids(&record.id, Some(tp)).0;
+        self.map.insert(record.id.clone(), trace);
+        self.order.push_back(record.id.clone());
+    }
+
+    /// The trace and span id of exchange `id`'s span.
+    pub fn ids_of(&self, id: &str) -> (String, String) {
+        let (derived, span) = exchange_ids(id, None);
+        match self.map.get(id) {
+            Some(t) => (t.clone(), span),
+            None => (derived, span),
+        }
+    }
+
+    /// Exchanges remembered.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -320,7 +385,7 @@ mod trace_id_tests {
         assert_eq!(derived, full[..32]);
         assert_eq!(exchange_span_id("ex-1"), full[32..48]);
         assert_eq!(exchange_span_id("ex-1").len(), 16);
-        assert_ne!(exchange_trace_id(&rec), exchange_span_id("ex-2"));
+        assert_ne!(exchange_span_id("ex-1"), exchange_span_id("ex-2"));
         rec.traceparent = Some(TraceParent {
             trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
             parent_span_id: "00f067aa0ba902b7".into(),
@@ -338,5 +403,30 @@ mod trace_id_tests {
         };
         assert_eq!(exchange_trace_id(&rec), "ba7816bf8f01cfea414140de5dae2223");
         assert_eq!(exchange_span_id("abc"), "b00361a396177a9c");
+    }
+
+    #[test]
+    fn trace_index_keeps_app_traces_bounded_and_derives_the_rest() {
+        let tp = |t: &str| TraceParent {
+            trace_id: t.into(),
+            parent_span_id: "00f067aa0ba902b7".into(),
+            sampled: true,
+        };
+        let mut idx = TraceIndex::new(2);
+        for (id, t) in [("a", "1"), ("b", "2"), ("c", "3")] {
+            idx.remember(&ExchangeRecord {
+                id: id.into(),
+                traceparent: Some(tp(&t.repeat(32))),
+                ..Default::default()
+            });
+        }
+        idx.remember(&ExchangeRecord {
+            id: "plain".into(),
+            ..Default::default()
+        });
+        assert_eq!(idx.len(), 2, "bounded, and plain exchanges need no entry");
+        assert_eq!(idx.ids_of("c").0, "3".repeat(32));
+        assert_eq!(idx.ids_of("a"), exchange_ids("a", None), "evicted: derived");
+        assert_eq!(idx.ids_of("plain").1, exchange_span_id("plain"));
     }
 }

@@ -104,7 +104,7 @@ impl WebhookConfig {
         check_name(name)?;
         Ok(WebhookConfig {
             name: name.to_string(),
-            url: parse_url(url)?,
+            url: crate::config::parse_http_url(url)?,
             secret,
             kinds: Vec::new(),
             severities: Vec::new(),
@@ -164,28 +164,6 @@ fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses `http(s)://host[:port]/path[?query]`; credentials in the URL are refused.
-pub fn parse_url(text: &str) -> Result<http::Uri, String> {
-    let uri: http::Uri = text
-        .parse()
-        .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http") | Some("https") => {}
-        Some(s) => return Err(format!("scheme `{s}` is not supported (use http or https)")),
-        None => return Err(format!("`{text}` has no scheme (use http:// or https://)")),
-    }
-    let Some(authority) = uri.authority() else {
-        return Err(format!("`{text}` has no host"));
-    };
-    if authority.as_str().contains('@') {
-        return Err("credentials in the webhook URL are not allowed (use headers)".to_string());
-    }
-    if authority.host().is_empty() {
-        return Err(format!("`{text}` has no host"));
-    }
-    Ok(uri)
-}
-
 /// A default receiver name from the URL: `host` or `host_port`, made file-name safe.
 fn default_name(url: &http::Uri) -> String {
     let a = url.authority().map(|a| a.as_str()).unwrap_or("webhook");
@@ -238,7 +216,7 @@ pub(crate) fn build(
         let key = |k: &str| format!("webhook[{i}].{k}");
         let mut ok = true;
         let url = match w.url.as_deref() {
-            Some(u) => match parse_url(u) {
+            Some(u) => match crate::config::parse_http_url(u) {
                 Ok(u) => Some(u),
                 Err(r) => {
                     issue(source, key("url"), r);
@@ -456,7 +434,7 @@ pub(crate) fn build(
         }
     }
     for (i, u) in cli_urls.iter().enumerate() {
-        let url = match parse_url(u) {
+        let url = match crate::config::parse_http_url(u) {
             Ok(u) => u,
             Err(r) => {
                 issue(CLI, "--webhook".into(), r);

@@ -15,7 +15,6 @@ pub mod payload;
 pub mod sign;
 pub mod spool;
 
-use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +28,7 @@ pub use payload::{event_id, fingerprint, WebhookEvent, SCHEMA};
 pub use sign::{signature_header, verify, VerifyError, SIGNATURE_HEADER, TOLERANCE_SECS};
 
 use crate::metrics::{Counter, Gauge, Histogram, HistogramSpec, MetricDesc, Metrics};
-use crate::record::ExchangeRecord;
+use crate::record::{ExchangeRecord, TraceIndex};
 use crate::semantic::engine::Analysis;
 use crate::semantic::incidents::IncidentEvent;
 use crate::semantic::live::AnalysisSink;
@@ -118,16 +117,10 @@ impl Receiver {
     }
 }
 
-#[derive(Default)]
-struct TraceMap {
-    map: HashMap<String, String>,
-    order: VecDeque<String>,
-}
-
 /// Sends incidents to the configured webhook receivers.
 pub struct Dispatcher {
     receivers: Vec<Arc<Receiver>>,
-    traces: Mutex<TraceMap>,
+    traces: Mutex<TraceIndex>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -207,7 +200,7 @@ impl Dispatcher {
             .collect();
         Ok(Arc::new(Dispatcher {
             receivers,
-            traces: Mutex::new(TraceMap::default()),
+            traces: Mutex::new(TraceIndex::new(TRACE_MAP_CAP)),
             stop,
             tasks: Mutex::new(tasks),
         }))
@@ -228,13 +221,7 @@ impl Dispatcher {
 
     /// The trace id for an example exchange.
     fn trace_of(&self, exchange_id: &str) -> String {
-        if let Some(t) = self.traces.lock().map.get(exchange_id) {
-            return t.clone();
-        }
-        crate::record::exchange_trace_id(&ExchangeRecord {
-            id: exchange_id.to_string(),
-            ..Default::default()
-        })
+        self.traces.lock().ids_of(exchange_id).0
     }
 
     /// Stops delivery: attempts in flight get up to `grace` to finish, then are abandoned.
@@ -271,21 +258,9 @@ impl Drop for Dispatcher {
 
 impl AnalysisSink for Dispatcher {
     fn on_analysis(&self, record: &ExchangeRecord, _analysis: &Analysis) {
-        if record.traceparent.is_none() {
-            return;
+        if record.traceparent.is_some() {
+            self.traces.lock().remember(record);
         }
-        let mut t = self.traces.lock();
-        if t.map.contains_key(&record.id) {
-            return;
-        }
-        while t.order.len() >= TRACE_MAP_CAP {
-            if let Some(old) = t.order.pop_front() {
-                t.map.remove(&old);
-            }
-        }
-        t.map
-            .insert(record.id.clone(), crate::record::exchange_trace_id(record));
-        t.order.push_back(record.id.clone());
     }
 
     fn on_incident(&self, event: &IncidentEvent) {

@@ -234,7 +234,7 @@ pub fn resolve(
             return None;
         };
         let url = url.trim().to_string();
-        if let Err(r) = check_url(&url) {
+        if let Err(r) = crate::config::parse_http_url(&url) {
             issue(from, &key, r);
             return None;
         }
@@ -415,20 +415,6 @@ pub fn resolve(
         batch_size: batch_size.min(queue_size),
         batch_delay: Duration::from_millis(file.batch_delay_ms.unwrap_or(1000).max(1)),
     }))
-}
-
-fn check_url(url: &str) -> Result<(), String> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http") | Some("https") => {}
-        _ => return Err(format!("`{url}` must start with http:// or https://")),
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(format!("`{url}` has no host"));
-    }
-    Ok(())
 }
 
 /// Parses the W3C-baggage-like `k=v,k2=v2` lists of `OTEL_EXPORTER_OTLP_HEADERS` and

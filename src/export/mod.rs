@@ -10,9 +10,8 @@ pub mod resource;
 pub mod spans;
 pub mod transport;
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity};
 use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
@@ -26,9 +25,9 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
 use self::config::{OtlpConfig, Protocol, SignalTarget};
-use crate::metrics::Metrics;
+use crate::metrics::{Counter, Gauge, Metrics};
 use crate::pipeline::RecordSink;
-use crate::record::{exchange_span_id, exchange_trace_id, ExchangeRecord};
+use crate::record::{ExchangeRecord, TraceIndex};
 use crate::semantic::engine::Analysis;
 use crate::semantic::incidents::{IncidentEvent, Severity as IncidentSeverity};
 use crate::semantic::live::AnalysisSink;
@@ -47,47 +46,56 @@ pub enum ExportError {
     Thread(#[from] std::io::Error),
 }
 
-/// Exchanges whose trace ids are remembered for linking incident logs (bounded).
+/// Exchanges with an app `traceparent` remembered for linking incident logs (bounded).
 const TRACE_MEMORY: usize = 8192;
 
 enum Item {
     Span(Box<SpanData>),
     Log(Box<SdkLogRecord>),
-    Flush(oneshot::Sender<()>),
 }
 
 /// The OTLP exporter: a record/analysis sink whose output leaves on its own thread.
 pub struct OtlpExporter {
     tx: mpsc::Sender<Item>,
     cfg: OtlpConfig,
-    metrics: Arc<Metrics>,
+    counters: Counters,
     scope: InstrumentationScope,
     logger: Option<opentelemetry_sdk::logs::SdkLogger>,
     _logger_provider: Option<SdkLoggerProvider>,
-    traces: Mutex<TraceMemory>,
+    traces: Mutex<TraceIndex>,
     stop: Mutex<Option<oneshot::Sender<()>>>,
-    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Closed when the exporter thread ends.
+    finished: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
 }
 
-#[derive(Default)]
-struct TraceMemory {
-    map: HashMap<String, (String, String)>,
-    order: VecDeque<String>,
+const TRACES: usize = 0;
+const METRICS: usize = 1;
+const LOGS: usize = 2;
+const SIGNALS: [&str; 3] = ["traces", "metrics", "logs"];
+
+/// The exporter's own metric handles, looked up once: a lookup by name takes the metric
+/// registry's lock, and spans are queued once per exchange.
+#[derive(Clone)]
+struct Counters {
+    queue_depth: Gauge,
+    queue_full: [Counter; 3],
+    failed: [Counter; 3],
+    exported: [Counter; 3],
 }
 
-impl TraceMemory {
-    fn remember(&mut self, exchange: &str, trace: String, span: String) {
-        if self
-            .map
-            .insert(exchange.to_string(), (trace, span))
-            .is_none()
-        {
-            self.order.push_back(exchange.to_string());
-            if self.order.len() > TRACE_MEMORY {
-                if let Some(old) = self.order.pop_front() {
-                    self.map.remove(&old);
-                }
-            }
+impl Counters {
+    fn new(m: &Metrics) -> Counters {
+        let by = |name: &str, reason: Option<&str>| {
+            SIGNALS.map(|signal| match reason {
+                Some(r) => m.counter(name, &[("signal", signal), ("reason", r)]),
+                None => m.counter(name, &[("signal", signal)]),
+            })
+        };
+        Counters {
+            queue_depth: m.gauge("semtap.export.queue_depth", &[]),
+            queue_full: by("semtap.export.dropped", Some("queue_full")),
+            failed: by("semtap.export.dropped", Some("export_failed")),
+            exported: by("semtap.export.exported", None),
         }
     }
 }
@@ -112,19 +120,22 @@ impl OtlpExporter {
         let (tx, rx) = mpsc::channel(cfg.queue_size);
         let (stop_tx, stop_rx) = oneshot::channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let (finished_tx, finished_rx) = std::sync::mpsc::channel::<()>();
+        let counters = Counters::new(&metrics);
         let logger_provider = cfg.logs.as_ref().map(|_| {
             SdkLoggerProvider::builder()
                 .with_resource(sdk_resource.clone())
                 .build()
         });
         let logger = logger_provider.as_ref().map(|p| p.logger("semtap"));
-        let worker = {
+        {
             let cfg = cfg.clone();
-            let metrics = metrics.clone();
+            let counters = counters.clone();
             let scope = scope.clone();
             std::thread::Builder::new()
                 .name("semtap-otlp".into())
                 .spawn(move || {
+                    let _finished = finished_tx;
                     let rt = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
@@ -149,6 +160,7 @@ impl OtlpExporter {
                         let worker = Worker {
                             cfg,
                             metrics,
+                            counters,
                             scope,
                             proto_resource,
                             sinks,
@@ -156,8 +168,8 @@ impl OtlpExporter {
                         };
                         worker.run(rx, stop_rx).await;
                     });
-                })?
-        };
+                })?;
+        }
         match ready_rx.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(e),
@@ -176,36 +188,26 @@ impl OtlpExporter {
         Ok(Arc::new(OtlpExporter {
             tx,
             cfg,
-            metrics,
+            counters,
             scope,
             logger,
             _logger_provider: logger_provider,
-            traces: Mutex::new(TraceMemory::default()),
+            traces: Mutex::new(TraceIndex::new(TRACE_MEMORY)),
             stop: Mutex::new(Some(stop_tx)),
-            worker: Mutex::new(Some(worker)),
+            finished: Mutex::new(Some(finished_rx)),
         }))
     }
 
-    fn enqueue(&self, item: Item, signal: &'static str) {
-        match self.tx.try_send(item) {
-            Ok(()) => self
-                .metrics
-                .gauge("semtap.export.queue_depth", &[])
-                .set((self.cfg.queue_size - self.tx.capacity()) as f64),
-            Err(_) => self
-                .metrics
-                .counter(
-                    "semtap.export.dropped",
-                    &[("signal", signal), ("reason", "queue_full")],
-                )
-                .inc(),
+    fn enqueue(&self, item: Item, signal: usize) {
+        if self.tx.try_send(item).is_err() {
+            self.counters.queue_full[signal].inc();
         }
     }
 
     fn span(&self, record: &ExchangeRecord, analysis: Option<&Analysis>) {
-        let trace = exchange_trace_id(record);
-        let span = exchange_span_id(&record.id);
-        self.traces.lock().remember(&record.id, trace, span);
+        if self.logger.is_some() && record.traceparent.is_some() {
+            self.traces.lock().remember(record);
+        }
         if self.cfg.traces.is_none() {
             return;
         }
@@ -218,39 +220,17 @@ impl OtlpExporter {
             content_max_bytes: self.cfg.content_max_bytes,
         };
         let data = spans::build(record, analysis, opts, &self.scope);
-        self.enqueue(Item::Span(Box::new(data)), "traces");
+        self.enqueue(Item::Span(Box::new(data)), TRACES);
     }
 
-    /// Sends what is queued and waits (up to `timeout`) for it to leave.
-    pub fn flush(&self, timeout: Duration) {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.try_send(Item::Flush(tx)).is_ok() {
-            let deadline = Instant::now() + timeout;
-            let mut rx = rx;
-            while Instant::now() < deadline {
-                match rx.try_recv() {
-                    Ok(()) | Err(oneshot::error::TryRecvError::Closed) => return,
-                    Err(oneshot::error::TryRecvError::Empty) => {
-                        std::thread::sleep(Duration::from_millis(10))
-                    }
-                }
-            }
-        }
-    }
-
-    /// Final flush (metrics included), then stops the thread.
+    /// Final flush (metrics included), then stops the thread; waits up to `timeout`.
     pub fn shutdown(&self, timeout: Duration) {
         if let Some(stop) = self.stop.lock().take() {
             let _ = stop.send(());
         }
-        if let Some(w) = self.worker.lock().take() {
-            let deadline = Instant::now() + timeout;
-            while !w.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if w.is_finished() {
-                let _ = w.join();
-            } else {
+        if let Some(finished) = self.finished.lock().take() {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(timeout)
+            {
                 tracing::warn!("OTLP exporter still busy at shutdown; leaving it");
             }
         }
@@ -273,22 +253,7 @@ impl AnalysisSink for OtlpExporter {
             return;
         };
         let i = &event.incident;
-        let (trace, span) = self
-            .traces
-            .lock()
-            .map
-            .get(&event.exchange_id)
-            .cloned()
-            .unwrap_or_else(|| {
-                let rec = ExchangeRecord {
-                    id: event.exchange_id.clone(),
-                    ..Default::default()
-                };
-                (
-                    exchange_trace_id(&rec),
-                    exchange_span_id(&event.exchange_id),
-                )
-            });
+        let (trace, span) = self.traces.lock().ids_of(&event.exchange_id);
         let mut r = logger.create_log_record();
         let ts = UNIX_EPOCH + Duration::from_millis(event.ts_ms);
         r.set_timestamp(ts);
@@ -342,7 +307,7 @@ impl AnalysisSink for OtlpExporter {
         if let (Ok(t), Ok(s)) = (TraceId::from_hex(&trace), SpanId::from_hex(&span)) {
             r.set_trace_context(t, s, Some(TraceFlags::SAMPLED));
         }
-        self.enqueue(Item::Log(Box::new(r)), "logs");
+        self.enqueue(Item::Log(Box::new(r)), LOGS);
     }
 }
 
@@ -438,6 +403,7 @@ impl Sinks {
 struct Worker {
     cfg: OtlpConfig,
     metrics: Arc<Metrics>,
+    counters: Counters,
     scope: InstrumentationScope,
     proto_resource: opentelemetry_proto::tonic::resource::v1::Resource,
     sinks: Sinks,
@@ -474,12 +440,6 @@ impl Worker {
                             self.send_logs(&mut logs).await;
                         }
                     }
-                    Some(Item::Flush(done)) => {
-                        self.send_spans(&mut spans).await;
-                        self.send_logs(&mut logs).await;
-                        self.send_metrics().await;
-                        let _ = done.send(());
-                    }
                     None => break,
                 },
                 _ = batch_tick.tick() => {
@@ -489,18 +449,13 @@ impl Worker {
                 _ = metric_tick.tick() => self.send_metrics().await,
                 _ = &mut stop => break,
             }
-            self.metrics
-                .gauge("semtap.export.queue_depth", &[])
-                .set(rx.len() as f64);
+            self.counters.queue_depth.set(rx.len() as f64);
         }
         // Drain what is queued, then one last collection.
         while let Ok(item) = rx.try_recv() {
             match item {
                 Item::Span(s) => spans.push(*s),
                 Item::Log(l) => logs.push(*l),
-                Item::Flush(done) => {
-                    let _ = done.send(());
-                }
             }
         }
         self.send_spans(&mut spans).await;
@@ -508,20 +463,12 @@ impl Worker {
         self.send_metrics().await;
     }
 
-    fn count(&self, signal: &'static str, ok: bool, n: usize, err: Option<&dyn std::fmt::Display>) {
-        if ok {
-            self.metrics
-                .counter("semtap.export.exported", &[("signal", signal)])
-                .add(n as u64);
-        } else {
-            self.metrics
-                .counter(
-                    "semtap.export.dropped",
-                    &[("signal", signal), ("reason", "export_failed")],
-                )
-                .add(n as u64);
-            if let Some(e) = err {
-                tracing::warn!(signal, items = n, error = %e, "OTLP export failed; items dropped");
+    fn count(&self, signal: usize, n: usize, result: &Result<(), BoxError>) {
+        match result {
+            Ok(()) => self.counters.exported[signal].add(n as u64),
+            Err(e) => {
+                self.counters.failed[signal].add(n as u64);
+                tracing::warn!(signal = SIGNALS[signal], items = n, error = %e, "OTLP export failed; items dropped");
             }
         }
     }
@@ -552,7 +499,7 @@ impl Worker {
                 .map_err(|e| -> BoxError { e.to_string().into() })
         })
         .await;
-        self.count("traces", r.is_ok(), n, r.as_ref().err().map(|e| e as _));
+        self.count(TRACES, n, &r);
     }
 
     async fn send_logs(&self, batch: &mut Vec<SdkLogRecord>) {
@@ -572,7 +519,7 @@ impl Worker {
                 .map_err(|e| -> BoxError { e.to_string().into() })
         })
         .await;
-        self.count("logs", r.is_ok(), n, r.as_ref().err().map(|e| e as _));
+        self.count(LOGS, n, &r);
     }
 
     async fn send_metrics(&mut self) {
@@ -608,6 +555,6 @@ impl Worker {
                 Self::bounded(t.timeout, client.post_protobuf(t, req.encode_to_vec())).await
             }
         };
-        self.count("metrics", r.is_ok(), n, r.as_ref().err().map(|e| e as _));
+        self.count(METRICS, n, &r);
     }
 }

@@ -11,7 +11,7 @@ use opentelemetry::trace::{
 use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
-use crate::record::{exchange_span_id, exchange_trace_id, ExchangeRecord};
+use crate::record::{exchange_ids, ExchangeRecord};
 use crate::semantic::engine::Analysis;
 
 /// The span's trace and span ids, and its parent when the app sent a `traceparent`.
@@ -22,10 +22,11 @@ pub struct SpanIds {
     pub sampled: bool,
 }
 
-/// Ids for `record`'s span (see [`exchange_trace_id`]).
+/// Ids for `record`'s span (see [`exchange_ids`]).
 pub fn span_ids(record: &ExchangeRecord) -> SpanIds {
-    let trace_id = TraceId::from_hex(&exchange_trace_id(record)).unwrap_or(TraceId::INVALID);
-    let span_id = SpanId::from_hex(&exchange_span_id(&record.id)).unwrap_or(SpanId::INVALID);
+    let (trace, span) = exchange_ids(&record.id, record.traceparent.as_ref());
+    let trace_id = TraceId::from_hex(&trace).unwrap_or(TraceId::INVALID);
+    let span_id = SpanId::from_hex(&span).unwrap_or(SpanId::INVALID);
     let (parent, sampled) = match &record.traceparent {
         Some(tp) => (SpanId::from_hex(&tp.parent_span_id).ok(), tp.sampled),
         None => (None, true),
