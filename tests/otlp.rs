@@ -47,6 +47,8 @@ const PLANTED_KEY: &str = "sk-proj-PLANTEDkey0123456789abcdefOTLP";
 /// Everything a receiver got, decoded, plus the raw bytes (for leak searches).
 #[derive(Default)]
 struct Got {
+    /// The `x-tenant` header of every export request (configured on the exporter).
+    tenants: Vec<String>,
     traces: Vec<ExportTraceServiceRequest>,
     metrics: Vec<ExportMetricsServiceRequest>,
     logs: Vec<ExportLogsServiceRequest>,
@@ -112,8 +114,15 @@ impl TraceService for Receiver {
         &self,
         req: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let tenant = req
+            .metadata()
+            .get("x-tenant")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         let r = req.into_inner();
         let mut g = self.0.lock();
+        g.tenants.push(tenant);
         g.raw.extend(r.encode_to_vec());
         g.traces.push(r);
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
@@ -126,8 +135,15 @@ impl MetricsService for Receiver {
         &self,
         req: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let tenant = req
+            .metadata()
+            .get("x-tenant")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         let r = req.into_inner();
         let mut g = self.0.lock();
+        g.tenants.push(tenant);
         g.raw.extend(r.encode_to_vec());
         g.metrics.push(r);
         Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
@@ -140,8 +156,15 @@ impl LogsService for Receiver {
         &self,
         req: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        let tenant = req
+            .metadata()
+            .get("x-tenant")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         let r = req.into_inner();
         let mut g = self.0.lock();
+        g.tenants.push(tenant);
         g.raw.extend(r.encode_to_vec());
         g.logs.push(r);
         Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
@@ -472,6 +495,11 @@ async fn grpc_export_carries_genai_spans_metrics_and_a_continued_trace() {
     }
 
     t.running.shutdown().await;
+    let tenants = col.got.0.lock().tenants.clone();
+    assert!(
+        !tenants.is_empty() && tenants.iter().all(|t| t == "test"),
+        "configured headers go out as gRPC metadata: {tenants:?}"
+    );
     let raw = col.got.0.lock().raw.clone();
     assert!(!raw.is_empty());
     assert!(
@@ -518,6 +546,11 @@ async fn http_protobuf_export_works_and_content_goes_out_only_when_opted_in() {
     })
     .await;
     assert_eq!(count, 4);
+    let tenants = col.got.0.lock().tenants.clone();
+    assert!(
+        tenants.iter().all(|t| t == "test"),
+        "configured headers go out as HTTP headers: {tenants:?}"
+    );
     let raw = col.got.0.lock().raw.clone();
     assert!(memchr::memmem::find(&raw, PLANTED_KEY.as_bytes()).is_none());
     t.running.shutdown().await;
@@ -540,6 +573,12 @@ async fn incidents_go_out_as_logs_linked_to_the_span_that_opened_them() {
         let req = post_json(
             &url,
             &chat_body("gpt-4o-mini", "Why is the sky blue?", false),
+        );
+        // Every call is part of the app's trace: the incident log must land in it too.
+        let req = with_header(
+            req,
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         );
         let req = if i >= 10 {
             with_header(req, "x-mock-fault", "status=529")
@@ -573,6 +612,7 @@ async fn incidents_go_out_as_logs_linked_to_the_span_that_opened_them() {
         .find(|s| s.span_id == log.span_id)
         .expect("span");
     assert_eq!(opener.trace_id, log.trace_id);
+    assert_eq!(hex(&log.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
     // Spans carry the engine's verdicts.
     assert!(spans
         .iter()

@@ -166,39 +166,28 @@ pub fn resolve(
             .map(|e| (e, src.file, "otlp.endpoint".to_string()))
     };
 
-    let mut headers: Vec<(String, String)> = file
+    let file_headers: Vec<(String, String)> = file
         .headers
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    if let Err(r) = check_headers(&file_headers) {
+        issue(src.file, "otlp.headers", r);
+    }
+    let mut headers = file_headers;
     if let Some(h) = env("OTEL_EXPORTER_OTLP_HEADERS") {
-        match parse_kv_list(&h) {
+        match parse_kv_list(&h).and_then(|kv| check_headers(&kv).map(|_| kv)) {
             Ok(kv) => merge(&mut headers, kv),
             Err(r) => issue(ENV, "OTEL_EXPORTER_OTLP_HEADERS", r),
         }
     }
-    for (k, _) in &headers {
-        if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
-            issue(
-                src.file,
-                "otlp.headers",
-                format!("`{k}` is not a valid header name"),
-            );
-        }
-    }
 
-    let timeout = match env("OTEL_EXPORTER_OTLP_TIMEOUT") {
-        Some(t) => match t.trim().parse::<u64>() {
-            Ok(ms) if ms > 0 => Duration::from_millis(ms),
-            _ => {
-                issue(
-                    ENV,
-                    "OTEL_EXPORTER_OTLP_TIMEOUT",
-                    format!("`{t}` is not a positive number of milliseconds"),
-                );
-                Duration::from_secs(10)
-            }
-        },
+    let timeout = match env_ms(&env, "OTEL_EXPORTER_OTLP_TIMEOUT") {
+        Some(Ok(t)) => t,
+        Some(Err(r)) => {
+            issue(ENV, "OTEL_EXPORTER_OTLP_TIMEOUT", r);
+            Duration::from_secs(10)
+        }
         None => Duration::from_millis(file.timeout_ms.unwrap_or(10_000).max(1)),
     };
 
@@ -246,11 +235,20 @@ pub fn resolve(
         let mut hs = headers.clone();
         let hvar = format!("OTEL_EXPORTER_OTLP_{upper}_HEADERS");
         if let Some(h) = env(&hvar) {
-            match parse_kv_list(&h) {
+            match parse_kv_list(&h).and_then(|kv| check_headers(&kv).map(|_| kv)) {
                 Ok(kv) => merge(&mut hs, kv),
                 Err(r) => issue(ENV, &hvar, r),
             }
         }
+        let tvar = format!("OTEL_EXPORTER_OTLP_{upper}_TIMEOUT");
+        let timeout = match env_ms(&env, &tvar) {
+            Some(Ok(t)) => t,
+            Some(Err(r)) => {
+                issue(ENV, &tvar, r);
+                timeout
+            }
+            None => timeout,
+        };
         Some(SignalTarget {
             endpoint,
             protocol: proto,
@@ -282,18 +280,12 @@ pub fn resolve(
         }
     }
 
-    let metric_interval = match env("OTEL_METRIC_EXPORT_INTERVAL") {
-        Some(t) => match t.trim().parse::<u64>() {
-            Ok(ms) if ms > 0 => Duration::from_millis(ms),
-            _ => {
-                issue(
-                    ENV,
-                    "OTEL_METRIC_EXPORT_INTERVAL",
-                    format!("`{t}` is not a positive number of milliseconds"),
-                );
-                Duration::from_secs(60)
-            }
-        },
+    let metric_interval = match env_ms(&env, "OTEL_METRIC_EXPORT_INTERVAL") {
+        Some(Ok(t)) => t,
+        Some(Err(r)) => {
+            issue(ENV, "OTEL_METRIC_EXPORT_INTERVAL", r);
+            Duration::from_secs(60)
+        }
         None => match file.metric_export_interval_ms {
             Some(0) => {
                 issue(
@@ -415,6 +407,30 @@ pub fn resolve(
         batch_size: batch_size.min(queue_size),
         batch_delay: Duration::from_millis(file.batch_delay_ms.unwrap_or(1000).max(1)),
     }))
+}
+
+/// A positive number of milliseconds from variable `var`, if set.
+fn env_ms(env: &dyn Fn(&str) -> Option<String>, var: &str) -> Option<Result<Duration, String>> {
+    let t = env(var)?;
+    Some(match t.trim().parse::<u64>() {
+        Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
+        _ => Err(format!("`{t}` is not a positive number of milliseconds")),
+    })
+}
+
+/// Header names and values must be sendable over HTTP and as gRPC metadata.
+fn check_headers(kv: &[(String, String)]) -> Result<(), String> {
+    for (k, v) in kv {
+        if http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).is_err() {
+            return Err(format!("`{k}` is not a valid header name"));
+        }
+        if http::HeaderValue::from_str(v).is_err() {
+            return Err(format!(
+                "the value of header `{k}` is not a valid header value"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Parses the W3C-baggage-like `k=v,k2=v2` lists of `OTEL_EXPORTER_OTLP_HEADERS` and
@@ -565,6 +581,26 @@ mod tests {
         .unwrap_err();
         assert_eq!(errs[0].key, "OTEL_EXPORTER_OTLP_ENDPOINT");
         assert_eq!(errs[0].source, "<environment>");
+    }
+
+    #[test]
+    fn bad_headers_name_the_variable_that_sent_them_and_per_signal_timeouts_apply() {
+        let env = env_of(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-ok=1,x-bad=a%0Ab"),
+        ]);
+        let errs = resolve(&FileOtlp::default(), "f", &env, None).unwrap_err();
+        assert_eq!(errs[0].key, "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "{errs:?}");
+        let env = env_of(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "3000"),
+            ("OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", "500"),
+        ]);
+        let c = resolve(&FileOtlp::default(), "f", &env, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.traces.unwrap().timeout, Duration::from_millis(3000));
+        assert_eq!(c.logs.unwrap().timeout, Duration::from_millis(500));
     }
 
     #[test]
