@@ -236,7 +236,10 @@ async fn baselines_api(state: &AdminState, method: &Method, path: &str) -> Respo
     }
     let rest = &path["/baselines/".len()..];
     let (key, action) = match rest.rsplit_once('/') {
-        Some((k, a)) if a == "pin" || a == "reset" => (percent_decode(k), a),
+        Some((k, a)) if a == "pin" || a == "reset" => (
+            crate::config::percent_decode(k).unwrap_or_else(|_| k.to_string()),
+            a,
+        ),
         _ => {
             return json(
                 StatusCode::NOT_FOUND,
@@ -271,24 +274,6 @@ async fn baselines_api(state: &AdminState, method: &Method, path: &str) -> Respo
             &serde_json::json!({"error": format!("no baseline for key `{key}`")}),
         ),
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn text(status: StatusCode, ctype: &'static str, body: String) -> Response<Full<Bytes>> {

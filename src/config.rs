@@ -253,6 +253,28 @@ pub fn parse_http_url(text: &str) -> Result<http::Uri, String> {
     Ok(uri)
 }
 
+/// Decodes `%XX` escapes (URL paths, `OTEL_*` key=value lists); an invalid escape or
+/// non-UTF-8 result is an error.
+pub fn percent_decode(s: &str) -> Result<String, String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad percent-escape in `{s}`"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("`{s}` is not UTF-8 after decoding"))
+}
+
 impl Upstream {
     /// Parses `http(s)://host[:port][/prefix]`. Userinfo is refused: keys do not go in URLs.
     pub fn parse(text: &str) -> Result<Upstream, String> {

@@ -445,33 +445,13 @@ pub fn parse_kv_list(text: &str) -> Result<Vec<(String, String)>, String> {
         let Some((k, v)) = part.split_once('=') else {
             return Err(format!("`{part}` is not key=value"));
         };
-        let k = percent_decode(k.trim())?;
+        let k = crate::config::percent_decode(k.trim())?;
         if k.is_empty() {
             return Err(format!("`{part}` has an empty key"));
         }
-        out.push((k, percent_decode(v.trim())?));
+        out.push((k, crate::config::percent_decode(v.trim())?));
     }
     Ok(out)
-}
-
-fn percent_decode(s: &str) -> Result<String, String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent-escape in `{s}`"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("`{s}` is not UTF-8 after decoding"))
 }
 
 fn merge(into: &mut Vec<(String, String)>, more: Vec<(String, String)>) {
