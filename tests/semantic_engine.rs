@@ -291,7 +291,41 @@ fn the_engine_never_panics_on_odd_text() {
     {
         let (a, _) = e.process(&record(i as u64, "m", t));
         assert!(!a.scores.is_empty());
+        if t.trim().is_empty() {
+            assert!(a.flags.contains(&"blank"), "{t:?}: {:?}", a.flags);
+        }
     }
+}
+
+#[test]
+fn an_incident_opened_before_the_model_loads_resolves_after_it_does() {
+    let mut e = engine(false);
+    steady(&mut e, 0, 120);
+    let mut all = Vec::new();
+    for i in 120..140 {
+        let mut r = record(i, "gpt-4o", "");
+        r.status = 529;
+        all.extend(e.process(&r).1);
+    }
+    assert!(opened(&all, "error_rate"));
+    // The model arrives: embeddings switch on, the open incident is not forgotten.
+    e.set_embedder(Arc::new(HashEmbedder));
+    assert!(e.tier().is_some());
+    let mut resolved = false;
+    for i in 140..260 {
+        let (_, ev) = e.process(&record(i, "gpt-4o", &cooking(i)));
+        resolved |= ev
+            .iter()
+            .any(|e| e.state == "resolved" && e.incident.kind.as_str() == "error_rate");
+    }
+    assert!(
+        resolved,
+        "the incident opened before the model loaded resolves"
+    );
+    assert!(
+        e.baselines()[0].ready,
+        "the reference relearned with vectors"
+    );
 }
 
 #[test]

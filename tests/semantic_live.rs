@@ -94,6 +94,10 @@ async fn live_engine_flags_answers_opens_incidents_and_serves_the_baselines_api(
         "{m}"
     );
     assert!(prom_sum(&m, "semtap_incidents_open", &["kind=\"error_rate\""]) >= 1.0);
+    assert!(
+        prom_sum(&m, "semtap_embeddings_total", &["tier=\"static\""]) >= 4.0,
+        "the answers with text were embedded"
+    );
 
     let (s, body) = get_text(&format!("{admin}/baselines")).await;
     assert_eq!(s, 200);

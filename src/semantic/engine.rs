@@ -218,6 +218,22 @@ impl Engine {
         }
     }
 
+    /// Switches on embeddings (the model finished loading while traffic flowed). Refusal
+    /// exemplars are embedded and each key's reference set starts over (length-only points are
+    /// not comparable with vectors); the monitors, open incidents and incident ids carry on.
+    pub fn set_embedder(&mut self, embedder: Arc<dyn TextEmbedder>) {
+        self.refusal_vectors = checks::refusal_exemplars()
+            .iter()
+            .map(|t| embedder.embed(t))
+            .collect();
+        self.embedder = Some(embedder);
+        for st in self.keys.values_mut() {
+            st.reference = Reference::new(self.cfg.baseline_size, st.last_ms);
+            st.drift = ShiryaevRoberts::default();
+            st.recent_p.clear();
+        }
+    }
+
     /// The settings the engine runs with.
     pub fn config(&self) -> &EngineConfig {
         &self.cfg
@@ -597,7 +613,19 @@ impl Engine {
         let n = saved.keys.len();
         for (k, mut s) in saved.keys {
             s.reference.finalize_if_ready();
-            self.keys.insert(k, s);
+            match self.keys.get_mut(&k) {
+                // Traffic arrived before the load: its monitors are current, the saved
+                // reference and drift state are what took a warm-up to learn.
+                Some(cur) => {
+                    cur.reference = s.reference;
+                    cur.drift = s.drift;
+                    cur.drift_open = s.drift_open;
+                    cur.recent_p = s.recent_p;
+                }
+                None => {
+                    self.keys.insert(k, s);
+                }
+            }
         }
         Ok(n)
     }

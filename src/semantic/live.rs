@@ -149,6 +149,11 @@ fn run(
     let mut dirty = false;
     let mut tier: Option<&'static str> = None;
     let save = |engine: &Engine| {
+        // Without a model there is nothing worth keeping, and writing would replace the
+        // baselines a previous run learned with one.
+        if engine.tier().is_none() {
+            return;
+        }
         if let Some(p) = &path {
             if let Err(e) = engine.save(p) {
                 tracing::warn!(error = %e, path = %p.display(), "could not save baselines");
@@ -187,9 +192,7 @@ fn run(
             Some(Msg::Embedder(e)) => {
                 tier = Some(e.tier());
                 let mut eng = engine.lock();
-                let cfg = eng.config().clone();
-                let prefix = eng.id_prefix().to_string();
-                *eng = Engine::new(cfg, Some(e), &prefix);
+                eng.set_embedder(e);
                 if let Some(p) = &path {
                     match eng.load(p) {
                         Ok(n) if n > 0 => {
