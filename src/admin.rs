@@ -227,11 +227,12 @@ async fn baselines_api(state: &AdminState, method: &Method, path: &str) -> Respo
                 "use GET\n".into(),
             );
         }
-        let list = engine.lock().baselines();
+        // The engine thread holds this lock while it analyses: wait off the proxy's workers.
+        let list = locked(engine, |e| e.baselines()).await;
         return json(StatusCode::OK, &serde_json::json!({ "baselines": list }));
     }
     if path == "/incidents" {
-        let open = engine.lock().open_incidents();
+        let open = locked(engine, |e| e.open_incidents()).await;
         return json(StatusCode::OK, &serde_json::json!({ "open": open }));
     }
     let rest = &path["/baselines/".len()..];
@@ -255,7 +256,10 @@ async fn baselines_api(state: &AdminState, method: &Method, path: &str) -> Respo
         );
     }
     let found = match action {
-        "pin" => engine.lock().pin(&key).then_some(0),
+        "pin" => {
+            let key2 = key.clone();
+            locked(engine, move |e| e.pin(&key2)).await.then_some(0)
+        }
         _ => {
             let key2 = key.clone();
             tokio::task::spawn_blocking(move || sem.reset(&key2))
@@ -273,6 +277,18 @@ async fn baselines_api(state: &AdminState, method: &Method, path: &str) -> Respo
             StatusCode::NOT_FOUND,
             &serde_json::json!({"error": format!("no baseline for key `{key}`")}),
         ),
+    }
+}
+
+/// Runs `f` on the engine under its lock, on a blocking thread: the engine thread holds the
+/// lock for a whole analysis, which must not stall a runtime worker that also serves traffic.
+async fn locked<T: Send + 'static>(
+    engine: Arc<parking_lot::Mutex<crate::semantic::engine::Engine>>,
+    f: impl FnOnce(&mut crate::semantic::engine::Engine) -> T + Send + 'static,
+) -> T {
+    match tokio::task::spawn_blocking(move || f(&mut engine.lock())).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
 

@@ -376,13 +376,15 @@ pub struct SemanticConfig {
     pub model: String,
     /// A directory holding model.safetensors, tokenizer.json and config.json.
     pub model_dir: Option<PathBuf>,
-    /// `auto`, `cpu`, `cuda:N` or `metal`.
+    /// `auto`, `cpu`, `cuda:N` or `metal`: where the transformer runs. Live, that is only the
+    /// one-time distillation of the static table (the transformer tier is not live yet).
     pub device: String,
     /// Token budget per text (longer texts are truncated).
     pub max_tokens: usize,
     /// Records queued for the engine; beyond it they are dropped and counted.
     pub queue: usize,
-    /// Fraction of answers per key the transformer tier embeds (plus every flagged one).
+    /// Reserved: the fraction of answers per key the live transformer tier will embed. Parsed
+    /// and validated, not used yet (see semtap.example.toml).
     pub transformer_sample: f64,
     pub engine: crate::semantic::engine::EngineConfig,
 }

@@ -398,11 +398,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
             f.name, f.listener, injected, detected, monitor
         );
     }
-    let processed = running.pipeline.stats().processed;
+    let stats = running.pipeline.stats();
+    let engine_dropped = running.semantic.as_ref().map_or(0, |s| s.dropped());
     println!(
-        "\n{} requests sent, {} exchanges analysed. {}",
+        "\n{} requests sent, {} exchange records ({} dropped before the engine, {} dropped by it). {}",
         n,
-        processed,
+        stats.processed,
+        stats.dropped,
+        engine_dropped,
         if all {
             "Every injected fault was detected."
         } else {

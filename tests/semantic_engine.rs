@@ -1,5 +1,6 @@
-//! The semantic engine on synthetic traffic: every monitor on both sides of its threshold,
-//! baselines that survive a model swap and a restart, and replay.
+//! The semantic engine on synthetic traffic: blank, error, rate-limit, latency, model-swap and
+//! drift monitors opening (and steady traffic opening nothing), baselines that survive a model
+//! swap and a restart, reset, and the model arriving after incidents opened.
 
 use std::sync::Arc;
 

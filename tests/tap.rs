@@ -791,7 +791,16 @@ async fn full_queue_drops_records_not_requests() {
     for task in tasks {
         assert_eq!(task.await.expect("join"), 200, "every request is served");
     }
-    let stats = t.running.pipeline.stats();
+    // Every capture was either analysed or dropped and counted; none vanished.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let stats = loop {
+        let s = t.running.pipeline.stats();
+        if s.processed + s.dropped >= 64 || std::time::Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(stats.processed + stats.dropped, 64, "{stats:?}");
     let m = get_text(&format!("{}/metrics", t.admin())).await.1;
     assert_eq!(prom_sum(&m, "semtap_requests_total", &[]), 64.0);
     assert_eq!(

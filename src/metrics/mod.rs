@@ -923,17 +923,21 @@ impl Metrics {
             .inc();
     }
 
-    /// Records a request's duration as plain HTTP (`semtap.request.duration`), LLM call or not.
-    pub fn observe_plain_duration(&self, listener: &str, secs: f64) {
-        if self.plain.with(&[listener], |h| h.record(secs)).is_some() {
-            return;
+    /// The plain request-duration histogram (`semtap.request.duration`) of `listener`. The tap
+    /// looks it up once per listener and records every request into it without a lookup.
+    pub fn plain_duration_histogram(&self, listener: &str) -> Histogram {
+        if let Some(h) = self.plain.with(&[listener], Histogram::clone) {
+            return h;
         }
         let l = self.caps.listener.admit(listener);
-        self.plain
-            .get_or_insert_with(&[l], || {
-                self.histogram(desc::REQUEST_DURATION.name, &[(label::LISTENER, l)])
-            })
-            .record(secs);
+        self.plain.get_or_insert_with(&[l], || {
+            self.histogram(desc::REQUEST_DURATION.name, &[(label::LISTENER, l)])
+        })
+    }
+
+    /// Records a request's duration as plain HTTP (`semtap.request.duration`), LLM call or not.
+    pub fn observe_plain_duration(&self, listener: &str, secs: f64) {
+        self.plain_duration_histogram(listener).record(secs);
     }
 
     fn rate_limit_gauge(&self, map: &SeriesMap<Gauge>, d: &MetricDesc, raw: &[&str; 2]) -> Gauge {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Counter, Metrics};
 use crate::protocol::RouteMatch;
 use crate::record::{ExchangeRecord, Outcome, RateLimit};
 use crate::tap::body::BudgetHold;
@@ -87,6 +87,9 @@ struct Shared {
     dropped: AtomicU64,
     processed: AtomicU64,
     metrics: Arc<Metrics>,
+    /// Drop counters, looked up once (they count when the queue is full: the worst time).
+    dropped_full: Counter,
+    dropped_shutdown: Counter,
 }
 
 impl Submitter {
@@ -98,18 +101,12 @@ impl Submitter {
             Err(TrySendError::Full(_)) => {
                 self.shared.depth.fetch_sub(1, Ordering::Relaxed);
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                self.shared
-                    .metrics
-                    .counter("semtap.records_dropped", &[("reason", "queue_full")])
-                    .inc();
+                self.shared.dropped_full.inc();
             }
             Err(TrySendError::Disconnected(_)) => {
                 self.shared.depth.fetch_sub(1, Ordering::Relaxed);
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                self.shared
-                    .metrics
-                    .counter("semtap.records_dropped", &[("reason", "shutdown")])
-                    .inc();
+                self.shared.dropped_shutdown.inc();
             }
         }
     }
@@ -141,6 +138,8 @@ impl Pipeline {
             capacity,
             dropped: AtomicU64::new(0),
             processed: AtomicU64::new(0),
+            dropped_full: metrics.counter("semtap.records_dropped", &[("reason", "queue_full")]),
+            dropped_shutdown: metrics.counter("semtap.records_dropped", &[("reason", "shutdown")]),
             metrics,
         });
         let sinks: Arc<Mutex<Vec<Arc<dyn RecordSink>>>> = Arc::default();

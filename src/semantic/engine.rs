@@ -1,6 +1,8 @@
 //! The engine: one exchange record in, its flags and scores out, plus any incident that opens
-//! or resolves. Deterministic and clock-free (it runs on record timestamps), so `semtap replay`
-//! reproduces exactly what the live tap concluded.
+//! or resolves. Deterministic and clock-free (it runs on record timestamps): the same records,
+//! settings and embedding tier give the same conclusions, live or in `semtap replay` (which
+//! runs the default settings on the transformer tier, so it agrees with a live tap only where
+//! those match).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
@@ -19,7 +21,8 @@ use super::TextEmbedder;
 use crate::pipeline::assemble::estimate_tokens;
 use crate::record::{Api, ExchangeRecord, Outcome};
 
-/// Engine settings (the `[semantic]` config section maps onto this).
+/// Engine settings. `[semantic]` sets baseline_size, max_keys, alpha, drift_threshold and
+/// cooldown; the rate, value and check settings keep their defaults (not configurable yet).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EngineConfig {
     /// Clean answers per key in the reference set.
@@ -281,8 +284,12 @@ impl Engine {
             (Some(e), true) => Some(e.embed(&rec.response)),
             _ => None,
         };
+        // Relevance only feeds the key's reference, which complete answers of keys within the
+        // key limit reach: no prompt embedding for the rest.
+        let scored = rec.outcome == Outcome::Complete
+            && (self.keys.contains_key(&key) || self.keys.len() < self.cfg.max_keys);
         let relevance = match (&self.embedder, &vector, rec.prompt.as_deref()) {
-            (Some(e), Some(v), Some(p)) if !p.trim().is_empty() => {
+            (Some(e), Some(v), Some(p)) if scored && !p.trim().is_empty() => {
                 Some(f64::from(dot(&e.embed(p), v)))
             }
             _ => None,

@@ -36,9 +36,9 @@ pub struct SemanticSink {
     dropped: AtomicU64,
     /// Records queued and not yet taken by the engine thread.
     depth: Arc<AtomicU64>,
+    /// `semtap.records_dropped{reason="semantic_queue_full"}`, looked up once.
+    dropped_counter: crate::metrics::Counter,
     engine: Arc<Mutex<Engine>>,
-    metrics: Arc<Metrics>,
-    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 enum Msg {
@@ -67,21 +67,24 @@ impl SemanticSink {
         let engine = Arc::new(Mutex::new(Engine::new(cfg, None, &prefix)));
         let (tx, rx) = mpsc::sync_channel(queue);
         let depth = Arc::new(AtomicU64::new(0));
-        let worker = {
+        // The thread ends (saving the baselines) when the last sender, this sink, is dropped.
+        {
             let engine = engine.clone();
             let metrics = metrics.clone();
             let depth = depth.clone();
             std::thread::Builder::new()
                 .name("semtap-semantic".into())
-                .spawn(move || run(rx, engine, metrics, health, sinks, state_dir, depth))?
-        };
+                .spawn(move || run(rx, engine, metrics, health, sinks, state_dir, depth))?;
+        }
         Ok(Arc::new(SemanticSink {
             tx,
             dropped: AtomicU64::new(0),
             depth,
+            dropped_counter: metrics.counter(
+                "semtap.records_dropped",
+                &[("reason", "semantic_queue_full")],
+            ),
             engine,
-            metrics,
-            worker: Mutex::new(Some(worker)),
         }))
     }
 
@@ -117,12 +120,7 @@ impl RecordSink for SemanticSink {
         if self.tx.try_send(Msg::Record(record.clone())).is_err() {
             self.depth.fetch_sub(1, Ordering::Relaxed);
             self.dropped.fetch_add(1, Ordering::Relaxed);
-            self.metrics
-                .counter(
-                    "semtap.records_dropped",
-                    &[("reason", "semantic_queue_full")],
-                )
-                .inc();
+            self.dropped_counter.inc();
         }
     }
 
@@ -131,7 +129,6 @@ impl RecordSink for SemanticSink {
         if self.tx.send(Msg::Flush(tx)).is_ok() {
             let _ = rx.recv_timeout(Duration::from_secs(10));
         }
-        let _ = &self.worker;
     }
 }
 

@@ -115,22 +115,7 @@ pub fn table_cache_path(files: &ModelFiles, state_dir: Option<&Path>) -> PathBuf
 
 /// SHA-256 of the model weights, which the table cache is keyed on.
 pub fn weights_hash(files: &ModelFiles) -> Result<String, LoadError> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut f = std::fs::File::open(&files.weights)
-        .map_err(|e| LoadError::Other(format!("{}: {e}", files.weights.display())))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| LoadError::Other(e.to_string()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    Ok(model::sha256_file(&files.weights, false)?)
 }
 
 /// Loads the transformer tier.

@@ -101,8 +101,13 @@ impl RateMonitor {
         }
         let n = self.window.len() as u64;
         let k = self.positives;
-        let tail = binomial_sf(k, n, p0);
-        if k >= s.min_events && tail < s.alpha {
+        // The tail sum is the costly part: only worth it when enough events could fire.
+        let tail = if k >= s.min_events {
+            binomial_sf(k, n, p0)
+        } else {
+            1.0
+        };
+        if tail < s.alpha {
             self.open = true;
             let frac = k as f64 / n as f64;
             let severity = if frac >= s.critical_fraction {
@@ -235,8 +240,7 @@ impl ValueMonitor {
         };
         let k = self.recent.iter().filter(|(x, _)| bad(*x)).count() as u64;
         let n = self.recent.len() as u64;
-        let p = binomial_sf(k, n, self.p0.unwrap_or(0.01));
-        if n >= 10 && k >= 3 && p < alpha {
+        if n >= 10 && k >= 3 && binomial_sf(k, n, self.p0.unwrap_or(0.01)) < alpha {
             self.open = true;
             let mut vals: Vec<f64> = self.recent.iter().map(|(x, _)| *x).collect();
             vals.sort_by(f64::total_cmp);

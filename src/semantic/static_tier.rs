@@ -2,9 +2,10 @@
 //! response can be embedded in microseconds as the weighted mean of its tokens' vectors.
 //!
 //! Distillation runs each vocabulary token through the transformer as `[CLS] tok [SEP]`,
-//! keeps the token position's output, centres the table (the shared mean direction carries
-//! no meaning and would dominate cosine similarity), optionally reduces it with PCA, and
-//! weights tokens so frequent ones (punctuation, `##` pieces, "the") count less. The table is
+//! keeps the token position's output and centres the table (the shared mean direction carries
+//! no meaning and would dominate cosine similarity). Optionally it reduces the table with PCA
+//! and weights tokens so frequent ones (punctuation, `##` pieces, "the") count less; the live
+//! engine uses neither ([`DistillOptions::default`]: every token weighs 1.0). The table is
 //! cached on disk keyed by the model's hash, because distilling takes tens of seconds.
 
 use std::fs;

@@ -533,15 +533,9 @@ mod tests {
 
         let huge = "word and more words ".repeat(10 * 1024 * 1024 / 20);
         assert!(huge.len() >= 10 * 1024 * 1024 - 20);
-        let t = std::time::Instant::now();
         assert_eq!(e.token_count(&huge).unwrap(), DEFAULT_MAX_TOKENS);
         let v = e.embed(&[huge.as_str(), "short"]).unwrap();
         assert!((norm(&v[0]) - 1.0).abs() < 1e-5);
-        assert!(
-            t.elapsed().as_secs() < 20,
-            "huge text took {:?}",
-            t.elapsed()
-        );
         // No whitespace at all and multi-byte chars: cut on a char boundary.
         let blob = "é".repeat(3 * 1024 * 1024);
         assert!(e.embed(&[blob.as_str()]).is_ok());

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
 
+use crate::metrics::{Histogram, Metrics};
 use crate::pipeline::{Capture, CapturedBody, Submitter};
 use crate::record::Outcome;
 
@@ -203,11 +204,11 @@ pub struct Exchange {
     pub submitter: Option<Submitter>,
     /// Released when the exchange ends (in-flight limit).
     pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    pub on_finish: Option<OnFinish>,
+    /// Where the request is counted when it ends (every request, analysed or not).
+    pub metrics: Arc<Metrics>,
+    /// The listener's plain request-duration histogram, looked up once per listener.
+    pub plain_duration: Histogram,
 }
-
-/// Called once when an exchange ends, before its capture goes to analysis (plain counters).
-pub type OnFinish = Box<dyn FnOnce(&Capture) + Send>;
 
 impl Exchange {
     /// Closes the exchange: counts it and hands the capture to analysis (never waits).
@@ -223,9 +224,15 @@ impl Exchange {
         }
         let resp = std::mem::replace(&mut self.response_capture, CaptureBuf::new(0, None));
         self.capture.response = resp.into_captured();
-        if let Some(f) = self.on_finish.take() {
-            f(&self.capture);
-        }
+        let c = &self.capture;
+        self.metrics.record_request(
+            &c.listener,
+            c.route.provider.as_str(),
+            c.route.api.operation(),
+            c.status,
+            c.outcome.as_str(),
+        );
+        self.plain_duration.record(c.duration.as_secs_f64());
         drop(self.permit.take());
         if let Some(s) = self.submitter.take() {
             s.submit(self.capture);
@@ -268,6 +275,10 @@ impl TapBody {
             return;
         };
         ex.response_capture.push(data);
+        if ex.submitter.is_none() {
+            // Plain traffic is counted, not analysed: nothing reads its chunk timings.
+            return;
+        }
         let end = ex.response_capture.total;
         let at_us = ex.started.elapsed().as_micros() as u64;
         let times = &mut ex.capture.chunk_times;

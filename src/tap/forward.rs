@@ -21,7 +21,7 @@ use super::headers::{self, is_upgrade_request, strip_hop_by_hop};
 use super::upstream::{is_connect_timeout, UpstreamClient};
 use super::ProxyBody;
 use crate::config::{Limits, Upstream};
-use crate::metrics::Metrics;
+use crate::metrics::{Counter, Histogram, Metrics};
 use crate::pipeline::{Capture, Submitter};
 use crate::protocol::classify;
 use crate::record::{Api, Outcome, Provider, RateLimit};
@@ -38,6 +38,34 @@ pub struct ListenerCtx {
     pub inflight: Arc<Semaphore>,
     pub budget: Arc<CaptureBudget>,
     pub server_address: Arc<str>,
+    pub counters: TapCounters,
+    /// `semtap.request.duration` for this listener.
+    pub plain_duration: Histogram,
+}
+
+/// The tap's own counters, looked up once: they count exactly when the proxy is saturated or
+/// the upstream is failing, when a lookup by name (registry lock, label vector) costs most.
+#[derive(Clone)]
+pub struct TapCounters {
+    pub rejected_in_flight: Counter,
+    pub upstream_unreachable: Counter,
+    pub upstream_timeout: Counter,
+    pub websocket_upgrades: Counter,
+    pub accept_errors: Counter,
+}
+
+impl TapCounters {
+    /// Registers the counters in `metrics`.
+    pub fn new(metrics: &Metrics) -> TapCounters {
+        let upstream = |kind| metrics.counter("semtap.upstream_errors", &[("kind", kind)]);
+        TapCounters {
+            rejected_in_flight: metrics.counter("semtap.rejected", &[("reason", "max_in_flight")]),
+            upstream_unreachable: upstream("upstream_unreachable"),
+            upstream_timeout: upstream("upstream_timeout"),
+            websocket_upgrades: metrics.counter("semtap.websocket_upgrades", &[]),
+            accept_errors: metrics.counter("semtap.accept_errors", &[]),
+        }
+    }
 }
 
 /// Unique exchange ids: a random per-process prefix and a counter (unique across restarts).
@@ -97,9 +125,7 @@ pub async fn handle(
     };
 
     let Ok(permit) = ctx.inflight.clone().try_acquire_owned() else {
-        ctx.metrics
-            .counter("semtap.rejected", &[("reason", "max_in_flight")])
-            .inc();
+        ctx.counters.rejected_in_flight.inc();
         return Ok(error_response(
             provider_for_errors,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -160,18 +186,6 @@ pub async fn handle(
     let up_req = Request::from_parts(parts, RequestTee::new(body, request_capture.clone()));
     let method = up_req.method().to_string();
 
-    let metrics = ctx.metrics.clone();
-    let on_finish: super::body::OnFinish = Box::new(move |c: &Capture| {
-        metrics.record_request(
-            &c.listener,
-            c.route.provider.as_str(),
-            c.route.api.operation(),
-            c.status,
-            c.outcome.as_str(),
-        );
-        metrics.observe_plain_duration(&c.listener, c.duration.as_secs_f64());
-    });
-
     let mut guard = PendingGuard(Some(Exchange {
         capture: Capture {
             id: next_id(),
@@ -192,7 +206,8 @@ pub async fn handle(
         started,
         submitter: analysed.then(|| ctx.submitter.clone()),
         permit: Some(permit),
-        on_finish: Some(on_finish),
+        metrics: ctx.metrics.clone(),
+        plain_duration: ctx.plain_duration.clone(),
     }));
     if let Some(ex) = guard.0.as_mut() {
         ex.capture.dispatch_after = started.elapsed();
@@ -218,9 +233,11 @@ pub async fn handle(
             };
             let what = if e.is_connect() { "connect" } else { "request" };
             tracing::warn!(listener = %ctx.name, upstream = %ctx.upstream, error = %error_chain(&e), "upstream {what} failed");
-            ctx.metrics
-                .counter("semtap.upstream_errors", &[("kind", kind)])
-                .inc();
+            if timeout {
+                ctx.counters.upstream_timeout.inc();
+            } else {
+                ctx.counters.upstream_unreachable.inc();
+            }
             let resp = error_response(
                 provider_for_errors,
                 status,
@@ -235,9 +252,7 @@ pub async fn handle(
         }
         Err(_) => {
             tracing::warn!(listener = %ctx.name, upstream = %ctx.upstream, "upstream did not answer within limits.response_timeout");
-            ctx.metrics
-                .counter("semtap.upstream_errors", &[("kind", "upstream_timeout")])
-                .inc();
+            ctx.counters.upstream_timeout.inc();
             let resp = error_response(
                 provider_for_errors,
                 StatusCode::GATEWAY_TIMEOUT,
@@ -285,7 +300,7 @@ fn switch_protocols(
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ex: Exchange,
 ) -> Response<ProxyBody> {
-    ctx.metrics.counter("semtap.websocket_upgrades", &[]).inc();
+    ctx.counters.websocket_upgrades.inc();
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
     let (mut rparts, _) = resp.into_parts();
     strip_hop_by_hop(&mut rparts.headers, true);

@@ -100,6 +100,8 @@ impl Tap {
                 inflight: inflight.clone(),
                 budget: budget.clone(),
                 server_address: Arc::from(l.upstream.host()),
+                counters: forward::TapCounters::new(&metrics),
+                plain_duration: metrics.plain_duration_histogram(&l.name),
             });
             listeners.push(BoundListener {
                 name: l.name.clone(),
@@ -157,7 +159,7 @@ async fn accept_loop(
                     Err(e) => {
                         // EMFILE and friends: back off briefly instead of spinning.
                         tracing::warn!(listener = %ctx.name, error = %e, "accept failed");
-                        ctx.metrics.counter("semtap.accept_errors", &[]).inc();
+                        ctx.counters.accept_errors.inc();
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         continue;
                     }

@@ -14,8 +14,8 @@
 //! The other [`Flag`]s (`off_topic`, `outlier`, `length`) are computed by the engine from
 //! embeddings and per-key baselines.
 //!
-//! Cost (`cargo bench --bench checks`): all checks together run about 140K instructions
-//! for a 256-token (1.2 KB) answer, 11-14 µs on a busy 2-core machine, and for a normal
+//! Cost (`cargo bench --bench checks`; figures in BENCHMARKS.md): all checks together take
+//! microseconds for a 256-token (1.2 KB) answer, and for a normal
 //! answer allocate nothing but the returned `Vec` (scratch buffers are per thread and
 //! reused). Everything is linear in what is read, and each check reads a bounded part of
 //! the answer, so a 10 MB answer costs under a millisecond (a 10 MB answer of nothing but
