@@ -23,8 +23,8 @@
 //! the caller's unit, because HdrHistogram's own are quantised.
 //!
 //! Memory: a cell exists only for (thread, series) pairs that recorded something, and its counts
-//! array grows with the largest value seen: about 17 KiB for seconds up to a minute, 2 KiB for
-//! token counts up to a few thousand.
+//! array grows with the largest value seen (at 2 significant digits, 8 bytes per count: about
+//! 20 KiB for microseconds up to a minute, a few KiB for token counts up to a few thousand).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

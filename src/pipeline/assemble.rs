@@ -296,7 +296,8 @@ pub fn parse_traceparent(v: &str) -> Option<TraceParent> {
 
 /// Estimated BPE token count for text the upstream gave no usage for: one token per common
 /// word (up to 6 characters), longer words split about every five characters, one per
-/// punctuation mark. Lands within ~15% of cl100k on English prose; marked `estimated`.
+/// punctuation mark. A rough English-prose heuristic (not measured against a real tokenizer;
+/// scripts without spaces count low); records using it are marked `estimated`.
 pub fn estimate_tokens(text: &str) -> u64 {
     let mut n = 0u64;
     let mut word_len = 0usize;
@@ -323,7 +324,6 @@ pub fn estimate_tokens(text: &str) -> u64 {
         }
     }
     n += flush(word_len);
-    // Non-Latin scripts tokenize much finer; count each such char as ~one token.
     n
 }
 
