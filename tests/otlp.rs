@@ -108,12 +108,9 @@ impl Receiver {
     }
 }
 
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        req: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+impl Receiver {
+    /// Keeps one gRPC export: its `x-tenant` metadata, raw bytes, and the decoded request.
+    fn keep<T: Message>(&self, req: tonic::Request<T>, into: impl FnOnce(&mut Got, T)) {
         let tenant = req
             .metadata()
             .get("x-tenant")
@@ -124,7 +121,17 @@ impl TraceService for Receiver {
         let mut g = self.0.lock();
         g.tenants.push(tenant);
         g.raw.extend(r.encode_to_vec());
-        g.traces.push(r);
+        into(&mut g, r);
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.keep(req, |g, r| g.traces.push(r));
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
@@ -135,17 +142,7 @@ impl MetricsService for Receiver {
         &self,
         req: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        let tenant = req
-            .metadata()
-            .get("x-tenant")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let r = req.into_inner();
-        let mut g = self.0.lock();
-        g.tenants.push(tenant);
-        g.raw.extend(r.encode_to_vec());
-        g.metrics.push(r);
+        self.keep(req, |g, r| g.metrics.push(r));
         Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
     }
 }
@@ -156,17 +153,7 @@ impl LogsService for Receiver {
         &self,
         req: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
-        let tenant = req
-            .metadata()
-            .get("x-tenant")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let r = req.into_inner();
-        let mut g = self.0.lock();
-        g.tenants.push(tenant);
-        g.raw.extend(r.encode_to_vec());
-        g.logs.push(r);
+        self.keep(req, |g, r| g.logs.push(r));
         Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
     }
 }

@@ -7,18 +7,7 @@ use crate::record::{Api, ExchangeRecord, Outcome, ToolCall};
 // Realistic answers
 
 /// A normal prose answer of about 256 tokens.
-const PARAGRAPH: &str = "Photosynthesis is the process by which green plants, algae and some bacteria turn light \
-energy into chemical energy. It takes place mainly in the chloroplasts of leaf cells, where the pigment \
-chlorophyll absorbs red and blue light and reflects green, which is why leaves look green to us.\n\n\
-The process has two stages. In the light-dependent reactions, which happen in the thylakoid membranes, \
-water molecules are split, releasing oxygen as a by-product and producing ATP and NADPH. These two \
-molecules carry energy and reducing power to the second stage, the Calvin cycle, which runs in the \
-stroma. There, the enzyme RuBisCO fixes carbon dioxide from the air into a three-carbon sugar that the \
-plant uses to build glucose, starch and cellulose.\n\n\
-Overall, the reaction can be summarised as 6 CO2 + 6 H2O + light → C6H12O6 + 6 O2. Photosynthesis is \
-the foundation of almost every food chain on Earth, and it is also responsible for the oxygen in our \
-atmosphere. Factors such as light intensity, temperature and carbon dioxide concentration all limit how \
-fast it can proceed, which is why greenhouse growers often add extra CO2 to boost their yields.";
+const PARAGRAPH: &str = include_str!("../../../tests/fixtures/answer_256.txt");
 
 const MARKDOWN_LIST: &str = "Here's how to set up a Python virtual environment:\n\n\
 ## Steps\n\n\
