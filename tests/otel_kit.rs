@@ -746,20 +746,7 @@ async fn every_metric_the_dashboard_queries_is_on_a_real_semtaps_metrics_endpoin
     assert_eq!(s, 500);
     // Flags and an error_rate incident (as in tests/semantic_live.rs): blank answers, then a
     // run of 529s on one key.
-    for i in 0..30 {
-        let req = post_json(
-            &chat,
-            &chat_body("gpt-4o-mini", "Why is the sky blue?", i % 2 == 0),
-        );
-        let req = if i < 6 {
-            with_header(req, "x-mock-fault", "blank")
-        } else if i >= 10 {
-            with_header(req, "x-mock-fault", "status=529")
-        } else {
-            req
-        };
-        send(&c, req).await;
-    }
+    blank_then_overloaded(&c, &chat).await;
     // An unreachable upstream: 502 and an upstream error.
     let dead = t.running.listener_addrs()[1];
     let (s, _, _) = send(

@@ -50,20 +50,7 @@ async fn live_engine_flags_answers_opens_incidents_and_serves_the_baselines_api(
 
     let c = client();
     let url = format!("{}/v1/chat/completions", t.base());
-    for i in 0..30 {
-        let req = post_json(
-            &url,
-            &chat_body("gpt-4o-mini", "Why is the sky blue?", i % 2 == 0),
-        );
-        let req = if i < 6 {
-            with_header(req, "x-mock-fault", "blank")
-        } else if i >= 10 {
-            with_header(req, "x-mock-fault", "status=529")
-        } else {
-            req
-        };
-        send(&c, req).await;
-    }
+    blank_then_overloaded(&c, &url).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let incidents = loop {
         let (_, body) = get_text(&format!("{admin}/incidents")).await;

@@ -182,3 +182,22 @@ pub fn rss_bytes() -> u64 {
         .map(|kb| kb * 1024)
         .unwrap_or(0)
 }
+
+/// 30 chat calls to `url` on one key: 6 blank answers, 4 normal, then 20 of status 529. Enough
+/// for blank flags and an `error_rate` incident once the key has its error baseline.
+pub async fn blank_then_overloaded(c: &HttpClient, url: &str) {
+    for i in 0..30 {
+        let req = post_json(
+            url,
+            &chat_body("gpt-4o-mini", "Why is the sky blue?", i % 2 == 0),
+        );
+        let req = if i < 6 {
+            with_header(req, "x-mock-fault", "blank")
+        } else if i >= 10 {
+            with_header(req, "x-mock-fault", "status=529")
+        } else {
+            req
+        };
+        send(c, req).await;
+    }
+}
