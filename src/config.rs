@@ -141,6 +141,13 @@ struct FileSemantic {
     drift_threshold: Option<f64>,
     cooldown: Option<HumanDuration>,
     transformer_sample: Option<f64>,
+    transformer: Option<bool>,
+    transformer_review_flagged: Option<bool>,
+    transformer_queue: Option<u64>,
+    transformer_batch: Option<u64>,
+    transformer_batch_wait: Option<HumanDuration>,
+    transformer_cache: Option<u64>,
+    transformer_threads: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -376,16 +383,21 @@ pub struct SemanticConfig {
     pub model: String,
     /// A directory holding model.safetensors, tokenizer.json and config.json.
     pub model_dir: Option<PathBuf>,
-    /// `auto`, `cpu`, `cuda:N` or `metal`: where the transformer runs. Live, that is only the
-    /// one-time distillation of the static table (the transformer tier is not live yet).
+    /// `auto`, `cpu`, `cuda:N` or `metal`: where the transformer runs (the one-time
+    /// distillation of the static table and the live transformer tier).
     pub device: String,
     /// Token budget per text (longer texts are truncated).
     pub max_tokens: usize,
     /// Records queued for the engine; beyond it they are dropped and counted.
     pub queue: usize,
-    /// Reserved: the fraction of answers per key the live transformer tier will embed. Parsed
-    /// and validated, not used yet (see semtap.example.toml).
-    pub transformer_sample: f64,
+    /// Run the live transformer tier (a sample per key plus every flagged answer).
+    pub transformer: bool,
+    /// The fraction of each key's answers the live transformer tier embeds; unset: 0.02 on a
+    /// CPU, 1.0 on a GPU.
+    pub transformer_sample: Option<f64>,
+    /// The live transformer tier's queue, batching and cache (its `sample` is resolved from
+    /// `transformer_sample` once the device is known).
+    pub review: crate::semantic::review::ReviewConfig,
     pub engine: crate::semantic::engine::EngineConfig,
 }
 
@@ -398,7 +410,9 @@ impl Default for SemanticConfig {
             device: "auto".into(),
             max_tokens: 256,
             queue: 4096,
-            transformer_sample: 0.02,
+            transformer: true,
+            transformer_sample: None,
+            review: Default::default(),
             engine: Default::default(),
         }
     }
@@ -883,9 +897,30 @@ fn build(file: FileConfig, source: &str, ov: &Overrides) -> Result<Config, Confi
     if let Some(c) = sem.cooldown {
         sc.engine.cooldown_ms = c.0.as_millis() as u64;
     }
+    if let Some(b) = sem.transformer {
+        sc.transformer = b;
+    }
+    if let Some(b) = sem.transformer_review_flagged {
+        sc.review.review_flagged = b;
+    }
+    if let Some(v) = positive!(sem.transformer_queue, "semantic.transformer_queue") {
+        sc.review.queue = v as usize;
+    }
+    if let Some(v) = positive!(sem.transformer_batch, "semantic.transformer_batch") {
+        sc.review.max_batch = v as usize;
+    }
+    if let Some(w) = sem.transformer_batch_wait {
+        sc.review.max_wait = w.0;
+    }
+    if let Some(v) = sem.transformer_cache {
+        sc.review.cache = v as usize;
+    }
+    if let Some(v) = positive!(sem.transformer_threads, "semantic.transformer_threads") {
+        sc.review.threads = v as usize;
+    }
     if let Some(f) = sem.transformer_sample {
         if (0.0..=1.0).contains(&f) {
-            sc.transformer_sample = f;
+            sc.transformer_sample = Some(f);
         } else {
             issue!(
                 source,

@@ -608,6 +608,81 @@ async fn incidents_go_out_as_logs_linked_to_the_span_that_opened_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transformer_verdicts_go_out_as_logs_linked_to_the_exchange_span() {
+    let up = MockUpstream::start().await.expect("mock");
+    let col = grpc_collector().await;
+    let model = tempfile::tempdir().expect("tmp");
+    semtap::semantic::testing::write_tiny_bert(model.path(), 7).expect("tiny bert");
+    let mut cfg = config_for(&up.url(), None);
+    cfg.semantic.enabled = true;
+    cfg.semantic.model_dir = Some(model.path().to_path_buf());
+    // Every answer reviewed, so the test does not depend on which ids the sample picks.
+    cfg.semantic.transformer_sample = Some(1.0);
+    cfg.otlp = Some(otlp_config(&format!("http://{}", col.addr), Protocol::Grpc));
+    let t = tap_with(cfg).await;
+    let admin = t.admin();
+    // The transformer tier is up once health says so.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = get_text(&format!("{admin}/status")).await;
+        if body.contains("transformer tier on cpu") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no transformer tier: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = client();
+    let url = format!("{}/v1/chat/completions", t.base());
+    for _ in 0..5 {
+        let req = post_json(
+            &url,
+            &chat_body("gpt-4o-mini", "Why is the sky blue?", false),
+        );
+        let req = with_header(
+            req,
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        );
+        send(&c, req).await;
+    }
+    let log = wait_for("a transformer verdict log", || {
+        col.got
+            .logs()
+            .into_iter()
+            .find(|l| l.event_name == "semtap.transformer.verdict")
+    })
+    .await;
+    assert_eq!(
+        attr_str(&log.attributes, "semtap.review.reason").as_deref(),
+        Some("sample")
+    );
+    assert_eq!(
+        attr_str(&log.attributes, "semtap.key").as_deref(),
+        Some("test/openai/gpt-4o-mini")
+    );
+    assert_eq!(hex(&log.trace_id), "0af7651916cd43dd8448eb211c80319c");
+    let exchange = attr_str(&log.attributes, "semtap.exchange.id").expect("exchange id");
+    let span = wait_for("the exchange's span", || {
+        col.got
+            .spans()
+            .into_iter()
+            .find(|s| s.span_id == log.span_id)
+    })
+    .await;
+    assert_eq!(span.trace_id, log.trace_id);
+    assert_eq!(
+        attr_str(&span.attributes, "semtap.exchange.id").as_deref(),
+        Some(exchange.as_str())
+    );
+    let m = get_text(&format!("{admin}/metrics")).await.1;
+    assert!(prom_sum(&m, "semtap_embeddings_total", &["tier=\"transformer\""]) >= 1.0);
+    t.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_down_never_touches_the_proxy_and_export_resumes_when_it_is_back() {
     let up = MockUpstream::start().await.expect("mock");
     // Reserve a port, then close it: the collector is down (connection refused).

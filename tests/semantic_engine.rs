@@ -13,6 +13,21 @@ use semtap::semantic::TextEmbedder;
 /// paragraphs about different subjects apart.
 struct HashEmbedder;
 
+/// The same embedder presented as the transformer tier (what replay runs on).
+struct AsTransformer;
+
+impl TextEmbedder for AsTransformer {
+    fn embed(&self, text: &str) -> Vec<f32> {
+        HashEmbedder.embed(text)
+    }
+    fn dim(&self) -> usize {
+        64
+    }
+    fn tier(&self) -> &'static str {
+        "transformer"
+    }
+}
+
 impl TextEmbedder for HashEmbedder {
     fn embed(&self, text: &str) -> Vec<f32> {
         let mut v = vec![0f32; 64];
@@ -233,6 +248,66 @@ fn a_topic_shift_is_drift_within_100_responses() {
         found.is_some_and(|i| i < 100),
         "drift found after {found:?} responses"
     );
+}
+
+/// The transformer tier with the per-answer martingale switched off: whatever finds drift is
+/// the window test.
+fn mmd_only_engine() -> Engine {
+    let cfg = EngineConfig {
+        baseline_size: 100,
+        drift_threshold: f64::INFINITY,
+        ..Default::default()
+    };
+    Engine::new(cfg, Some(Arc::new(AsTransformer)), "t")
+}
+
+#[test]
+fn on_the_transformer_tier_a_topic_shift_is_found_by_the_window_test_within_100_responses() {
+    let mut e = mmd_only_engine();
+    steady(&mut e, 0, 1000);
+    let mut found = None;
+    for i in 0..200u64 {
+        let a = ASTRONOMY[(i % ASTRONOMY.len() as u64) as usize];
+        let b = ASTRONOMY[((i * 5 + 1) % ASTRONOMY.len() as u64) as usize];
+        let (_, ev) = e.process(&record(1000 + i, "gpt-4o", &format!("{a} {b}")));
+        if let Some(d) = ev
+            .iter()
+            .find(|e| e.state == "opened" && e.incident.kind.as_str() == "drift")
+        {
+            assert_eq!(d.incident.evidence.monitor, "drift.transformer_mmd");
+            found = Some(i);
+            break;
+        }
+    }
+    assert!(
+        found.is_some_and(|i| i < 100),
+        "drift found after {found:?} responses"
+    );
+    // Back to the usual topic: the window test clears and the incident resolves.
+    let mut resolved = false;
+    for i in 1200..1500u64 {
+        let (_, ev) = e.process(&record(i, "gpt-4o", &cooking(i)));
+        resolved |= ev
+            .iter()
+            .any(|e| e.state == "resolved" && e.incident.kind.as_str() == "drift");
+    }
+    assert!(resolved, "drift resolved once answers are back on topic");
+}
+
+#[test]
+fn the_window_test_does_not_run_on_the_static_tier() {
+    let cfg = EngineConfig {
+        baseline_size: 100,
+        drift_threshold: f64::INFINITY,
+        ..Default::default()
+    };
+    let mut e = Engine::new(cfg, Some(Arc::new(HashEmbedder)), "t");
+    steady(&mut e, 0, 300);
+    for i in 0..300u64 {
+        let a = ASTRONOMY[(i % ASTRONOMY.len() as u64) as usize];
+        let (_, ev) = e.process(&record(300 + i, "gpt-4o", a));
+        assert!(!opened(&ev, "drift"));
+    }
 }
 
 #[test]

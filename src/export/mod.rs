@@ -31,6 +31,7 @@ use crate::record::{ExchangeRecord, TraceIndex};
 use crate::semantic::engine::Analysis;
 use crate::semantic::incidents::{IncidentEvent, Severity as IncidentSeverity};
 use crate::semantic::live::AnalysisSink;
+use crate::semantic::review::Review;
 use crate::tap::body::BoxError;
 
 /// Errors starting the exporter.
@@ -248,6 +249,10 @@ impl AnalysisSink for OtlpExporter {
         self.span(record, Some(analysis));
     }
 
+    fn on_review(&self, record: &ExchangeRecord, review: &Review) {
+        self.review_log(record, review);
+    }
+
     fn on_incident(&self, event: &IncidentEvent) {
         let Some(logger) = &self.logger else {
             return;
@@ -304,6 +309,69 @@ impl AnalysisSink for OtlpExporter {
         if !i.evidence.detail.is_empty() {
             r.add_attribute("semtap.incident.detail", i.evidence.detail.clone());
         }
+        if let (Ok(t), Ok(s)) = (TraceId::from_hex(&trace), SpanId::from_hex(&span)) {
+            r.set_trace_context(t, s, Some(TraceFlags::SAMPLED));
+        }
+        self.enqueue(Item::Log(Box::new(r)), LOGS);
+    }
+}
+
+impl OtlpExporter {
+    /// The transformer tier's verdict as a log record in the exchange's trace (linked to its
+    /// span), so a trace view shows the second opinion next to the call it is about.
+    fn review_log(&self, record: &ExchangeRecord, review: &Review) {
+        let Some(logger) = &self.logger else {
+            return;
+        };
+        let (trace, span) = self.traces.lock().ids_of(&review.exchange_id);
+        let mut r = logger.create_log_record();
+        r.set_timestamp(UNIX_EPOCH + Duration::from_millis(review.ts_ms));
+        r.set_observed_timestamp(SystemTime::now());
+        let anomalous = !review.flags.is_empty();
+        r.set_severity_number(if anomalous {
+            Severity::Warn
+        } else {
+            Severity::Info
+        });
+        r.set_severity_text(if anomalous { "WARN" } else { "INFO" });
+        r.set_event_name("semtap.transformer.verdict");
+        let list = |v: &[&str]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(",")
+            }
+        };
+        r.set_body(AnyValue::from(format!(
+            "transformer verdict on {} ({}): flags {}; confirmed {}; cleared {}",
+            review.exchange_id,
+            review.reason,
+            list(&review.flags),
+            list(&review.confirmed),
+            list(&review.cleared)
+        )));
+        r.add_attribute("semtap.exchange.id", review.exchange_id.clone());
+        r.add_attribute("semtap.key", review.key.clone());
+        r.add_attribute("semtap.review.reason", review.reason);
+        r.add_attribute("semtap.review.warming_up", review.warming_up);
+        r.add_attribute(
+            "semtap.review.lag_ms",
+            i64::try_from(review.lag_ms).unwrap_or(i64::MAX),
+        );
+        let strs = |v: &[&'static str]| {
+            AnyValue::ListAny(Box::new(v.iter().map(|f| AnyValue::from(*f)).collect()))
+        };
+        r.add_attribute("semtap.review.flags", strs(&review.flags));
+        r.add_attribute("semtap.review.static_flags", strs(&review.static_flags));
+        r.add_attribute("semtap.review.confirmed", strs(&review.confirmed));
+        r.add_attribute("semtap.review.cleared", strs(&review.cleared));
+        for (name, score) in &review.scores {
+            r.add_attribute(format!("semtap.review.score.{name}"), *score);
+        }
+        if let Some(m) = record.request_model.as_deref() {
+            r.add_attribute("gen_ai.request.model", m.to_string());
+        }
+        r.add_attribute("gen_ai.provider.name", record.provider.as_str());
         if let (Ok(t), Ok(s)) = (TraceId::from_hex(&trace), SpanId::from_hex(&span)) {
             r.set_trace_context(t, s, Some(TraceFlags::SAMPLED));
         }

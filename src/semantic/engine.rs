@@ -16,6 +16,7 @@ use super::conformal::{ShiryaevRoberts, Uniforms};
 use super::incidents::{
     Evidence, IncidentBook, IncidentEvent, IncidentKind, KeyParts, Severity, Verdict,
 };
+use super::mmd::MmdMonitor;
 use super::monitors::{ModelMonitor, RateMonitor, RateSettings, ValueMonitor};
 use super::TextEmbedder;
 use crate::pipeline::assemble::estimate_tokens;
@@ -97,6 +98,14 @@ struct KeyState {
     throughput: ValueMonitor,
     model: ModelMonitor,
     last_ms: u64,
+    /// Topic drift of the transformer tier's vectors (replay; the live transformer tier keeps
+    /// its own, see [`super::review`]).
+    #[serde(default)]
+    mmd: MmdMonitor,
+    /// A drift alarm raised by the live transformer tier is still on: the static tier's
+    /// martingale must not resolve the shared `drift` incident under it.
+    #[serde(default)]
+    external_drift: bool,
 }
 
 impl KeyState {
@@ -119,6 +128,8 @@ impl KeyState {
             throughput: ValueMonitor::new("throughput", false, 5.0, n),
             model: ModelMonitor::default(),
             last_ms: now_ms,
+            mmd: MmdMonitor::default(),
+            external_drift: false,
         }
     }
 }
@@ -234,6 +245,7 @@ impl Engine {
             st.reference = Reference::new(self.cfg.baseline_size, st.last_ms);
             st.drift = ShiryaevRoberts::default();
             st.recent_p.clear();
+            st.mmd.reset();
         }
     }
 
@@ -431,7 +443,22 @@ impl Engine {
                         / st.recent_p.len() as f64;
                     if mean >= 0.4 && low <= 0.1 && r < 100.0 {
                         st.drift_open = false;
-                        verdicts.push((IncidentKind::Drift, Verdict::Clear));
+                        if !st.mmd.open && !st.external_drift {
+                            verdicts.push((IncidentKind::Drift, Verdict::Clear));
+                        }
+                    }
+                }
+                // Topic drift of the window as a whole (transformer vectors only).
+                let mmd_on = self.embedder.as_ref().map(|e| e.tier()) == Some("transformer");
+                if let (Some(v), true) = (vector.as_deref(), mmd_on) {
+                    let refs = st.reference.points.iter().map(|p| p.vector.as_slice());
+                    if let Some(t) = st.mmd.push(v, refs, seed_of(&rec.id)) {
+                        if let Some(verdict) = mmd_verdict(&t, st.mmd.tests, &rec.id) {
+                            let fire = matches!(verdict, Verdict::Fire { .. });
+                            if fire || (!st.drift_open && !st.external_drift) {
+                                verdicts.push((IncidentKind::Drift, verdict));
+                            }
+                        }
                     }
                 }
             } else if !any_cheap && rec.finish_reasons.iter().all(|f| f != "length") {
@@ -533,6 +560,38 @@ impl Engine {
         (analysis, events)
     }
 
+    /// A drift verdict from outside the engine (the live transformer tier's MMD monitor) for
+    /// `key`. An alarm opens the key's `drift` incident (or joins an open one); a clear
+    /// resolves it only if the engine's own drift monitors are calm too.
+    pub fn external_drift(
+        &mut self,
+        key: &str,
+        parts: &KeyParts,
+        verdict: Verdict,
+        now_ms: u64,
+        exchange_id: &str,
+    ) -> Option<IncidentEvent> {
+        let st = self.keys.get_mut(key)?;
+        match verdict {
+            Verdict::Fire { .. } => st.external_drift = true,
+            Verdict::Clear => {
+                st.external_drift = false;
+                if st.drift_open || st.mmd.open {
+                    return None;
+                }
+            }
+            Verdict::Hold => return None,
+        }
+        self.book.apply_for(
+            IncidentKind::Drift,
+            key,
+            parts,
+            verdict,
+            now_ms,
+            exchange_id,
+        )
+    }
+
     /// Every key's baseline.
     pub fn baselines(&self) -> Vec<BaselineInfo> {
         let mut v: Vec<BaselineInfo> = self
@@ -574,6 +633,8 @@ impl Engine {
         s.drift.reset();
         s.drift_open = false;
         s.recent_p.clear();
+        s.mmd.reset();
+        s.external_drift = false;
         s.model.accept_current();
         Some(self.book.resolve_key(key, now_ms))
     }
@@ -645,4 +706,26 @@ impl Reference {
             self.finalize();
         }
     }
+}
+
+/// The incident verdict of an MMD window test, if it changed the monitor's state.
+pub fn mmd_verdict(t: &super::mmd::MmdTest, tests: u64, exchange_id: &str) -> Option<Verdict> {
+    use super::mmd::{CONFIRM, PERMUTATIONS, WINDOW};
+    if t.alarm {
+        return Some(Verdict::Fire {
+            severity: Severity::Warning,
+            evidence: Evidence {
+                monitor: "drift.transformer_mmd".to_string(),
+                score: t.statistic,
+                threshold: 1.0 / (PERMUTATIONS as f64 + 1.0),
+                window: (WINDOW as u64) * u64::from(CONFIRM),
+                example_ids: vec![exchange_id.to_string()],
+                detail: format!(
+                    "{CONFIRM} consecutive windows of {WINDOW} answers each farther from the reference than all {PERMUTATIONS} permutations (p = {:.4}, MMD² {:.3e}, test {tests})",
+                    t.p, t.statistic
+                ),
+            },
+        });
+    }
+    t.clear.then_some(Verdict::Clear)
 }

@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 
 use super::engine::{Analysis, Engine, EngineConfig};
 use super::incidents::IncidentEvent;
+use super::review::{BatchEmbedder, Review, ReviewConfig, Reviewer};
 use super::TextEmbedder;
 use crate::admin::Health;
 use crate::metrics::Metrics;
@@ -25,6 +26,8 @@ pub trait AnalysisSink: Send + Sync {
     fn on_analysis(&self, record: &ExchangeRecord, analysis: &Analysis);
     /// An incident opened or resolved.
     fn on_incident(&self, event: &IncidentEvent);
+    /// The live transformer tier's later verdict on an exchange (sampled or flagged).
+    fn on_review(&self, _record: &ExchangeRecord, _review: &Review) {}
 }
 
 /// How often baselines are written to the state dir.
@@ -39,11 +42,14 @@ pub struct SemanticSink {
     /// `semtap.records_dropped{reason="semantic_queue_full"}`, looked up once.
     dropped_counter: crate::metrics::Counter,
     engine: Arc<Mutex<Engine>>,
+    metrics: Arc<Metrics>,
+    sinks: Vec<Arc<dyn AnalysisSink>>,
 }
 
 enum Msg {
     Record(Arc<ExchangeRecord>),
     Embedder(Arc<dyn TextEmbedder>),
+    Reviewer(Box<Reviewer>),
     Flush(SyncSender<()>),
     Reset(String, SyncSender<Option<usize>>),
 }
@@ -72,6 +78,7 @@ impl SemanticSink {
             let engine = engine.clone();
             let metrics = metrics.clone();
             let depth = depth.clone();
+            let sinks = sinks.clone();
             std::thread::Builder::new()
                 .name("semtap-semantic".into())
                 .spawn(move || run(rx, engine, metrics, health, sinks, state_dir, depth))?;
@@ -85,6 +92,8 @@ impl SemanticSink {
                 &[("reason", "semantic_queue_full")],
             ),
             engine,
+            metrics,
+            sinks,
         }))
     }
 
@@ -92,6 +101,24 @@ impl SemanticSink {
     pub fn set_embedder(&self, e: Arc<dyn TextEmbedder>) {
         // Blocking send: this happens once, and must not be dropped.
         let _ = self.tx.send(Msg::Embedder(e));
+    }
+
+    /// Starts the live transformer tier on `embedder`: the engine thread offers it every
+    /// analysed exchange from now on.
+    pub fn start_reviewer(
+        &self,
+        cfg: ReviewConfig,
+        embedder: Arc<dyn BatchEmbedder>,
+    ) -> std::io::Result<()> {
+        let r = Reviewer::start(
+            cfg,
+            embedder,
+            self.engine.clone(),
+            self.metrics.clone(),
+            self.sinks.clone(),
+        )?;
+        let _ = self.tx.send(Msg::Reviewer(Box::new(r)));
+        Ok(())
     }
 
     /// The engine, for the admin API (pin, reset, list).
@@ -145,6 +172,7 @@ fn run(
     let mut last_save = Instant::now();
     let mut dirty = false;
     let mut tier: Option<&'static str> = None;
+    let mut reviewer: Option<Box<Reviewer>> = None;
     let save = |engine: &Engine| {
         // Without a model there is nothing worth keeping, and writing would replace the
         // baselines a previous run learned with one.
@@ -185,6 +213,17 @@ fn run(
                     .set(analysis.drift);
                 dirty = true;
                 publish(&metrics, &sinks, &rec, &analysis, &events);
+                if let Some(r) = &reviewer {
+                    r.offer(&rec, &analysis);
+                }
+            }
+            Some(Msg::Reviewer(r)) => {
+                health.set(
+                    "semantic",
+                    "ok",
+                    format!("{} tier ready; {}", e_tier(tier), r.describe()),
+                );
+                reviewer = Some(r);
             }
             Some(Msg::Embedder(e)) => {
                 tier = Some(e.tier());
@@ -220,6 +259,9 @@ fn run(
                 let _ = done.send(events.map(|e| e.len()));
             }
             Some(Msg::Flush(done)) => {
+                if let Some(r) = &reviewer {
+                    r.flush(Duration::from_secs(30));
+                }
                 save(&engine.lock());
                 let _ = done.send(());
             }
@@ -268,7 +310,12 @@ fn publish(
     }
 }
 
-fn publish_incident(metrics: &Metrics, sinks: &[Arc<dyn AnalysisSink>], ev: &IncidentEvent) {
+/// Logs, counts and hands an incident change to the sinks.
+pub(crate) fn publish_incident(
+    metrics: &Metrics,
+    sinks: &[Arc<dyn AnalysisSink>],
+    ev: &IncidentEvent,
+) {
     {
         let i = &ev.incident;
         match ev.state {

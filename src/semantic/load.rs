@@ -168,6 +168,42 @@ pub fn static_tier(
     Ok(StaticEmbedder::new(tokenizer, table, max_tokens))
 }
 
+/// Loads the transformer and starts the live transformer tier on it. A failure leaves the
+/// static tier running and says so in health.
+fn start_transformer_tier(
+    cfg: &SemanticConfig,
+    files: &ModelFiles,
+    sink: &SemanticSink,
+    health: &Health,
+) {
+    let loaded = transformer(files, &cfg.device, cfg.max_tokens)
+        .map(|t| t.with_max_batch(cfg.review.max_batch));
+    let t = match loaded {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "live transformer tier unavailable; static tier only");
+            health.set(
+                "semantic",
+                "ok",
+                format!("static tier ready; transformer tier unavailable: {e}"),
+            );
+            return;
+        }
+    };
+    let device = t.device_name();
+    let mut review = cfg.review.clone();
+    // A GPU has the capacity for every answer; a CPU core manages a few dozen a second.
+    review.sample = cfg
+        .transformer_sample
+        .unwrap_or(if device == "cpu" { 0.02 } else { 1.0 });
+    review.baseline_size = cfg.engine.baseline_size;
+    review.max_keys = cfg.engine.max_keys;
+    review.alpha = cfg.engine.alpha;
+    if let Err(e) = sink.start_reviewer(review, Arc::new(t)) {
+        tracing::warn!(error = %e, "cannot start the live transformer tier");
+    }
+}
+
 /// Resolves and loads the static tier on a thread of its own, then switches the live engine
 /// onto it. Until then (or if it fails) the engine runs degraded and health says why.
 pub fn load_in_background(
@@ -193,6 +229,9 @@ pub fn load_in_background(
             Ok(e) => {
                 tracing::info!(model = %files.dir.display(), "semantic engine: static tier ready");
                 sink.set_embedder(Arc::new(e));
+                if cfg.transformer {
+                    start_transformer_tier(&cfg, &files, &sink, &health);
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "semantic engine degraded: cannot load the model; cheap checks only");
