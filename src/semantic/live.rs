@@ -173,6 +173,7 @@ fn run(
     let mut dirty = false;
     let mut tier: Option<&'static str> = None;
     let mut reviewer: Option<Box<Reviewer>> = None;
+    let lag = metrics.histogram("semtap.semantic.lag", &[]);
     let save = |engine: &Engine| {
         // Without a model there is nothing worth keeping, and writing would replace the
         // baselines a previous run learned with one.
@@ -198,6 +199,14 @@ fn run(
                     .gauge("semtap.semantic.queue_depth", &[])
                     .set(left as f64);
                 let (analysis, events) = engine.lock().process(&rec);
+                // From the exchange's end to its analysis: what queueing behind the engine costs.
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                if rec.end_ts_ms > 0 && now_ms >= rec.end_ts_ms {
+                    lag.record((now_ms - rec.end_ts_ms) as f64 / 1000.0);
+                }
                 if let (Some(tier), n) = (tier, analysis.embedded) {
                     if n > 0 {
                         metrics
