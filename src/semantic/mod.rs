@@ -2,6 +2,7 @@
 //! tier run on every exchange; the transformer tier embeds what capacity allows.
 
 pub mod baseline;
+pub mod bert;
 pub mod checks;
 pub mod conformal;
 pub mod engine;

@@ -13,6 +13,8 @@ use std::str::FromStr;
 use candle_core::{DType, Device, DeviceLocation, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig, DTYPE};
+
+use super::bert::{BertEncoder, BertShape};
 use tokenizers::{
     PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationDirection,
     TruncationParams, TruncationStrategy,
@@ -162,9 +164,40 @@ fn cap_text(text: &str, max_tokens: usize) -> &str {
     }
 }
 
+/// Which forward pass runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forward {
+    /// semtap's own encoder (`bert.rs`): fused QKV, fused softmax, no mask on unpadded batches.
+    Semtap,
+    /// candle-transformers' `BertModel`, kept as the reference the own one is tested and
+    /// benchmarked against.
+    CandleBert,
+}
+
+enum Encoder {
+    Semtap(BertEncoder),
+    Candle(BertModel),
+}
+
+impl Encoder {
+    /// Token states [b, t, hidden].
+    fn forward(
+        &self,
+        ids: &Tensor,
+        types: &Tensor,
+        mask: &Tensor,
+        padded: bool,
+    ) -> candle_core::Result<Tensor> {
+        match self {
+            Encoder::Semtap(m) => m.forward(ids, types, mask, padded),
+            Encoder::Candle(m) => m.forward(ids, types, Some(mask)),
+        }
+    }
+}
+
 /// all-MiniLM-L6-v2 (or any BERT sentence-transformer with mean pooling) on candle.
 pub struct TransformerEmbedder {
-    model: BertModel,
+    model: Encoder,
     tokenizer: Tokenizer,
     device: Device,
     hidden: usize,
@@ -184,6 +217,16 @@ impl TransformerEmbedder {
         files: &ModelFiles,
         device: DeviceChoice,
         max_tokens: usize,
+    ) -> Result<TransformerEmbedder, EmbedError> {
+        Self::load_with(files, device, max_tokens, Forward::Semtap)
+    }
+
+    /// [`load`](Self::load) with a chosen forward pass (benchmarks and parity tests compare them).
+    pub fn load_with(
+        files: &ModelFiles,
+        device: DeviceChoice,
+        max_tokens: usize,
+        forward: Forward,
     ) -> Result<TransformerEmbedder, EmbedError> {
         let device = device.open()?;
         let raw = std::fs::read(&files.config)
@@ -232,8 +275,21 @@ impl TransformerEmbedder {
         // `pull` installs new copies by rename, so a mapped file is not modified underneath.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&files.weights], DTYPE, &device) }
             .map_err(|e| EmbedError::Model(format!("{}: {e}", files.weights.display())))?;
-        let model = BertModel::load(vb, &config)
-            .map_err(|e| EmbedError::Model(format!("{}: {e}", files.weights.display())))?;
+        let model = match forward {
+            Forward::Semtap => {
+                let shape: BertShape = serde_json::from_slice(&raw)
+                    .map_err(|e| EmbedError::Model(format!("{}: {e}", files.config.display())))?;
+                Encoder::Semtap(
+                    BertEncoder::load(vb, &shape).map_err(|e| {
+                        EmbedError::Model(format!("{}: {e}", files.weights.display()))
+                    })?,
+                )
+            }
+            Forward::CandleBert => Encoder::Candle(
+                BertModel::load(vb, &config)
+                    .map_err(|e| EmbedError::Model(format!("{}: {e}", files.weights.display())))?,
+            ),
+        };
         Ok(TransformerEmbedder {
             model,
             tokenizer,
@@ -350,10 +406,11 @@ impl TransformerEmbedder {
         b: usize,
         width: usize,
     ) -> candle_core::Result<Vec<Vec<f32>>> {
+        let padded = mask.contains(&0);
         let ids = Tensor::from_vec(ids, (b, width), &self.device)?;
         let types = Tensor::from_vec(types, (b, width), &self.device)?;
         let mask = Tensor::from_vec(mask, (b, width), &self.device)?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask))?;
+        let hidden = self.model.forward(&ids, &types, &mask, padded)?;
         let mask_f = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&mask_f)?.sum(1)?;
         let counts = mask_f.sum(1)?.clamp(1e-9f32, f32::MAX)?;
@@ -406,8 +463,9 @@ impl TokenEncoder for TransformerEmbedder {
                 let ids = Tensor::from_vec(ids, (b, width), &self.device)?;
                 let types = ids.zeros_like()?;
                 let mask = Tensor::from_vec(mask, (b, width), &self.device)?;
+                let padded = chunk.iter().any(|&i| batch[i].len() < width);
                 self.model
-                    .forward(&ids, &types, Some(&mask))?
+                    .forward(&ids, &types, &mask, padded)?
                     .to_dtype(DType::F32)?
                     .to_vec3::<f32>()
             })()
@@ -443,6 +501,55 @@ mod tests {
 
     fn norm(a: &[f32]) -> f32 {
         a.iter().map(|x| x * x).sum::<f32>().sqrt()
+    }
+
+    #[test]
+    fn own_forward_matches_candle_bert_on_padded_and_unpadded_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_tiny_bert(dir.path(), 11).unwrap();
+        let ours =
+            TransformerEmbedder::load(&files, DeviceChoice::Cpu, DEFAULT_MAX_TOKENS).unwrap();
+        let theirs = TransformerEmbedder::load_with(
+            &files,
+            DeviceChoice::Cpu,
+            DEFAULT_MAX_TOKENS,
+            Forward::CandleBert,
+        )
+        .unwrap();
+        let texts = [
+            "the cat sat",
+            "a much longer text about the cat that sat on the mat near the door",
+            "mat",
+            "the cat sat",
+        ];
+        // One batch of mixed lengths (padded) and each text alone (unpadded).
+        let a = ours.embed(&texts).unwrap();
+        let b = theirs.embed(&texts).unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            assert!(cos(x, y) > 0.99999, "cos {}", cos(x, y));
+            let diff = x
+                .iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0f32, f32::max);
+            assert!(diff < 1e-4, "max abs diff {diff}");
+        }
+        for t in texts {
+            let x = ours.embed(&[t]).unwrap();
+            let y = theirs.embed(&[t]).unwrap();
+            assert!(cos(&x[0], &y[0]) > 0.99999);
+        }
+        let seqs = vec![vec![1u32, 5, 6, 7, 2], vec![1, 9, 2]];
+        let sa = ours.token_states(&seqs).unwrap();
+        let sb = theirs.token_states(&seqs).unwrap();
+        for (x, y) in sa.iter().flatten().zip(sb.iter().flatten()) {
+            let diff = x
+                .iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0f32, f32::max);
+            assert!(diff < 1e-4, "token state diff {diff}");
+        }
     }
 
     #[test]
