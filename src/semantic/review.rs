@@ -572,7 +572,8 @@ impl Worker {
                 // Only the uniform sample calibrates and feeds the drift test: flagged answers
                 // are not a sample of the traffic.
                 if job.sampled {
-                    if !kr.mmd.open {
+                    // Only normal-looking answers calibrate (see the engine's absorb).
+                    if !kr.mmd.open && job.static_flags.is_empty() && flags.is_empty() {
                         kr.reference.absorb(&s);
                     }
                     let refs = kr.reference.points.iter().map(|p| p.vector.as_slice());
