@@ -52,10 +52,17 @@ SKIP_MODULES = {
     "ensurepip", "lib2to3", "pydoc", "xxsubtype", "_xxsubinterpreters", "xxlimited",
 }
 
-TOPIC_A = ("os", "posixpath", "shutil", "pathlib", "subprocess", "tempfile", "glob", "fnmatch",
-           "io", "_pyio", "stat", "filecmp", "tarfile", "zipfile", "shlex", "pty", "fcntl")
+# Topic drift: operating system, files and concurrency -> internet protocols, mail and markup.
+TOPIC_A = ("os", "posix", "posixpath", "shutil", "pathlib", "subprocess", "tempfile", "glob",
+           "fnmatch", "io", "_pyio", "stat", "filecmp", "tarfile", "zipfile", "gzip", "bz2", "lzma",
+           "zipimport", "shlex", "pty", "fcntl", "termios", "tty", "signal", "_signal", "select",
+           "selectors", "resource", "mmap", "asyncio", "_asyncio", "threading", "_thread",
+           "multiprocessing", "concurrent", "queue", "sched", "sys", "sysconfig", "platform",
+           "time", "dbm", "fileinput")
 TOPIC_B = ("email", "http", "urllib", "xml", "html", "xmlrpc", "smtplib", "imaplib", "ftplib",
-           "poplib", "mailbox", "mimetypes", "wsgiref", "nntplib", "cgi", "json")
+           "poplib", "mailbox", "mimetypes", "wsgiref", "nntplib", "cgi", "json", "ssl", "socket",
+           "_socket", "socketserver", "telnetlib", "base64", "binascii", "quopri", "uu", "ipaddress",
+           "pyexpat", "webbrowser", "smtpd", "mailcap", "netrc")
 
 
 def norm_ws(text):
@@ -340,6 +347,32 @@ def est_tokens(text):
     return max(1, round(len(text) / 4))
 
 
+class Sampler:
+    """A key's answers: the first `warm` draws are distinct (the reference is learned there),
+    later draws are uniform, with replacement, over the texts the warm-up did not use. A later
+    answer is then never a copy of a reference answer: with the reference it forms a sample
+    drawn without replacement, which is exchangeable, as conformal p-values assume."""
+
+    def __init__(self, rng, pool, warm):
+        self.rng = rng
+        order = list(pool)
+        rng.shuffle(order)
+        if len(order) < warm + 50:
+            raise SystemExit(f"pool of {len(order)} texts too small for a warm-up of {warm}")
+        self.warm = order[:warm]
+        self.rest = order[warm:]
+        self.n = 0
+
+    def __call__(self):
+        self.n += 1
+        if self.n <= len(self.warm):
+            return self.warm[self.n - 1]
+        return self.rng.choice(self.rest)
+
+    def other(self):
+        return self.rng.choice(self.rest)
+
+
 class Clock:
     def __init__(self, rng, start=1_767_225_600_000):
         self.t = start
@@ -465,6 +498,7 @@ KINDS = list(EXPECTED)
 def anomaly_streams(rng, corpus, per_key, rate, skip):
     inj = Injector(rng, corpus)
     pools = {k: corpus[k] for k in ("py_functions", "man_pages", "py_reference")}
+    samplers = {k: Sampler(rng, v, skip) for k, v in pools.items()}
     clock = Clock(rng)
     recs, labels = [], []
     counters = {k: 0 for k in pools}
@@ -474,7 +508,7 @@ def anomaly_streams(rng, corpus, per_key, rate, skip):
         pool = pools[key]
         i = counters[key]
         counters[key] += 1
-        item = rng.choice(pool)
+        item = samplers[key]()
         prompt = prompt_of(key, item)
         rid = f"{key}-{i:06d}"
         kind, sub, finish, response = "normal", "normal", "stop", item["text"]
@@ -482,7 +516,7 @@ def anomaly_streams(rng, corpus, per_key, rate, skip):
             kind = rng.choice(KINDS)
             if kind == "off_topic":
                 while True:
-                    other = rng.choice(pool)
+                    other = samplers[key].other()
                     if other.get("module", other["name"]) != item.get("module", item["name"]):
                         break
                 response, sub, finish = inj.off_topic(item, other)
@@ -500,7 +534,7 @@ def anomaly_streams(rng, corpus, per_key, rate, skip):
 # Drift segments
 
 
-def drift_streams(rng, corpus, pre, post):
+def drift_streams(rng, corpus, pre, post, only=None):
     clock = Clock(rng, start=1_767_225_600_000 + 10**9)
     fn = corpus["py_functions"]
     py = fn + [x for x in corpus["py_reference"] if x["kind"] != "topic"]
@@ -515,30 +549,38 @@ def drift_streams(rng, corpus, pre, post):
     def fn_item(x):
         return prompt_of("py_reference", x), x["text"]
 
-    segs["topic_change"] = (lambda: fn_item(rng.choice(topic_a)), lambda: fn_item(rng.choice(topic_b)),
+    warm = 250
+    a_s, b_s = Sampler(rng, topic_a, warm), Sampler(rng, topic_b, 0)
+    segs["topic_change"] = (lambda: fn_item(a_s()), lambda: fn_item(b_s()),
                             f"{len(topic_a)} docstrings of {'/'.join(TOPIC_A)} -> "
                             f"{len(topic_b)} of {'/'.join(TOPIC_B)}")
 
+    en_s, de_s = Sampler(rng, en_pairs, warm), Sampler(rng, en_pairs, 0)
+
     def en():
-        d, k, v = rng.choice(en_pairs)
+        d, k, v = en_s()
         return f"Show the `{d}` help text about: {' '.join(k.split()[:6])}", k
 
     def german():
-        d, k, v = rng.choice(en_pairs)
+        d, k, v = de_s()
         return f"Show the `{d}` help text about: {' '.join(k.split()[:6])}", v
 
     segs["language_change"] = (en, german, f"{len(en_pairs)} English msgids -> their German msgstr")
 
+    full_s, terse_s, fn_s = Sampler(rng, full, warm), Sampler(rng, terse, 0), Sampler(rng, fn, warm)
+
     def terse_item():
-        mod, name, line = rng.choice(terse)
+        mod, name, line = terse_s()
         return f"Explain what `{name}` in the Python `{mod}` module does.", line
 
-    segs["style_change"] = (lambda: fn_item(rng.choice(full)), terse_item,
+    segs["style_change"] = (lambda: fn_item(full_s()), terse_item,
                             f"{len(full)} full docstrings -> {len(terse)} first-line summaries")
-    segs["blank_rate_ramp"] = (lambda: fn_item(rng.choice(fn)), None,
+    segs["blank_rate_ramp"] = (lambda: fn_item(fn_s()), None,
                                "blank rate 0 -> 20% linearly over the post-onset segment")
     recs, meta = [], {}
     streams = {}
+    if only:
+        segs = {k: v for k, v in segs.items() if k in only}
     for name, (before, after, desc) in segs.items():
         rows = []
         for i in range(pre + post):
@@ -566,14 +608,15 @@ def drift_streams(rng, corpus, pre, post):
     return recs, meta
 
 
-def stationary_stream(rng, corpus, keys, per_key, offset):
+def stationary_stream(rng, corpus, keys, per_key, offset, warm):
     clock = Clock(rng, start=1_767_225_600_000 + offset)
     pools = ["py_functions", "man_pages", "py_reference"]
     recs = []
+    samplers = [Sampler(rng, corpus[pools[k % 3]], warm) for k in range(keys)]
     for i in range(per_key):
         for k in range(keys):
             src = pools[k % 3]
-            item = rng.choice(corpus[src])
+            item = samplers[k]()
             recs.append(record(rng, clock, f"st{k:02d}-{i:07d}", f"stationary-{k:02d}-{src}",
                                prompt_of(src, item), item["text"]))
     return recs
@@ -592,14 +635,21 @@ def main():
     ap.add_argument("--rate", type=float, default=0.01, help="injection rate per anomaly kind")
     ap.add_argument("--skip", type=int, default=250,
                     help="first records of each key left clean (the reference is learned there)")
-    ap.add_argument("--drift-pre", type=int, default=1000)
+    ap.add_argument("--drift-pre", type=int, default=500)
     ap.add_argument("--drift-post", type=int, default=1000)
     ap.add_argument("--stationary-keys", type=int, default=6)
     ap.add_argument("--stationary-static", type=int, default=100_000,
                     help="records per key (static tier)")
-    ap.add_argument("--stationary-transformer", type=int, default=2000,
+    ap.add_argument("--stationary-transformer", type=int, default=1000,
                     help="records per key (transformer tier)")
+    ap.add_argument("--stationary-transformer-keys", type=int, default=3)
     ap.add_argument("--man-pages", type=int, default=2500, help="man1 pages to render")
+    ap.add_argument("--only-drift", metavar="NAME",
+                    help="write only the drift streams, as NAME.jsonl / NAME.labels.json")
+    ap.add_argument("--drift-segments", help="comma-separated subset of the drift segments")
+    ap.add_argument("--only-anomalies", metavar="NAME",
+                    help="write only the anomaly streams, as NAME.jsonl / NAME.labels.jsonl "
+                         "(e.g. a second rate)")
     args = ap.parse_args()
     os.makedirs(DATA, exist_ok=True)
     cpath = os.path.join(DATA, "corpus.json")
@@ -614,13 +664,27 @@ def main():
     print("corpus:", json.dumps(sizes), file=sys.stderr)
 
     rng = random.Random(args.seed)
+    if args.only_drift:
+        recs, meta = drift_streams(rng, corpus, args.drift_pre, args.drift_post,
+                                   args.drift_segments.split(",") if args.drift_segments else None)
+        write_jsonl(os.path.join(DATA, f"{args.only_drift}.jsonl"), recs)
+        with open(os.path.join(DATA, f"{args.only_drift}.labels.json"), "w") as f:
+            json.dump(meta, f, indent=1)
+        print(f"{args.only_drift}:", len(recs), file=sys.stderr)
+        return
+    name = args.only_anomalies or "anomalies"
     recs, labels = anomaly_streams(rng, corpus, args.per_key, args.rate, args.skip)
-    write_jsonl(os.path.join(DATA, "anomalies.jsonl"), recs)
-    write_jsonl(os.path.join(DATA, "anomalies.labels.jsonl"), labels)
+    write_jsonl(os.path.join(DATA, f"{name}.jsonl"), recs)
+    write_jsonl(os.path.join(DATA, f"{name}.labels.jsonl"), labels)
     counts = {}
     for lab in labels:
         counts[lab["kind"]] = counts.get(lab["kind"], 0) + 1
-    print("anomalies:", len(recs), json.dumps(counts), file=sys.stderr)
+    print(f"{name}:", len(recs), json.dumps(counts), file=sys.stderr)
+    if args.only_anomalies:
+        with open(os.path.join(DATA, f"{name}.meta.json"), "w") as f:
+            json.dump({"seed": args.seed, "per_key": args.per_key, "rate": args.rate,
+                       "skip": args.skip}, f, indent=1)
+        return
 
     recs, meta = drift_streams(rng, corpus, args.drift_pre, args.drift_post)
     write_jsonl(os.path.join(DATA, "drift.jsonl"), recs)
@@ -631,20 +695,22 @@ def main():
 
     write_jsonl(os.path.join(DATA, "stationary_static.jsonl"),
                 stationary_stream(rng, corpus, args.stationary_keys, args.stationary_static,
-                                  2 * 10**9))
+                                  2 * 10**9, args.skip))
     write_jsonl(os.path.join(DATA, "stationary_transformer.jsonl"),
-                stationary_stream(rng, corpus, args.stationary_keys, args.stationary_transformer,
-                                  4 * 10**9))
+                stationary_stream(rng, corpus, args.stationary_transformer_keys,
+                                  args.stationary_transformer,
+                                  4 * 10**9, args.skip))
     meta = {"seed": args.seed, "per_key": args.per_key, "rate": args.rate, "skip": args.skip,
             "drift_pre": args.drift_pre, "drift_post": args.drift_post,
             "stationary_keys": args.stationary_keys,
             "stationary_static_per_key": args.stationary_static,
             "stationary_transformer_per_key": args.stationary_transformer,
+            "stationary_transformer_keys": args.stationary_transformer_keys,
             "corpus_sizes": sizes, "python": sys.version.split()[0]}
     with open(os.path.join(DATA, "build_meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
     print("stationary: static", args.stationary_keys * args.stationary_static, "transformer",
-          args.stationary_keys * args.stationary_transformer, file=sys.stderr)
+          args.stationary_transformer_keys * args.stationary_transformer, file=sys.stderr)
 
 
 if __name__ == "__main__":

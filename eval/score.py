@@ -8,6 +8,7 @@ eval/results/results.md (committed). Python 3 stdlib only; AUROC by rank statist
 """
 
 import argparse
+import concurrent.futures
 import json
 import math
 import os
@@ -117,11 +118,11 @@ def wilson(k, n, z=1.96):
     return [round(max(0.0, c - h), 3), round(min(1.0, c + h), 3)]
 
 
-def score_anomalies(tier):
-    ex, inc = read_out("anomalies", tier)
-    labels = [json.loads(x) for x in open(os.path.join(DATA, "anomalies.labels.jsonl"))]
+def score_anomalies(tier, stream="anomalies"):
+    ex, inc = read_out(stream, tier)
+    labels = [json.loads(x) for x in open(os.path.join(DATA, f"{stream}.labels.jsonl"))]
     text = {}
-    with open(os.path.join(DATA, "anomalies.jsonl"), encoding="utf-8") as f:
+    with open(os.path.join(DATA, f"{stream}.jsonl"), encoding="utf-8") as f:
         for line in f:
             r = json.loads(line)
             text[r["id"]] = r["response"]
@@ -176,7 +177,11 @@ def score_anomalies(tier):
             return None
         return c + (1.0 if any(f in e["flags"] for f in CHEAP) else 0.0)
 
-    scorers = {"outlier": outlier, "max(outlier,length,off_topic)": conformal_max,
+    def off_topic(e):
+        return e["scores"].get("off_topic")
+
+    scorers = {"outlier": outlier, "off_topic": off_topic,
+               "max(outlier,length,off_topic)": conformal_max,
                "combined(cheap flag, then max conformal)": combined}
     for name, fn in scorers.items():
         neg = [fn(ex[lab["id"]]) for lab in normal]
@@ -212,9 +217,9 @@ def count_flags(ex, rows):
     return c
 
 
-def score_drift(tier):
-    ex, inc = read_out("drift", tier)
-    meta = json.load(open(os.path.join(DATA, "drift.labels.json")))
+def score_drift(tier, stream="drift"):
+    ex, inc = read_out(stream, tier)
+    meta = json.load(open(os.path.join(DATA, f"{stream}.labels.json")))
     res = {}
     for name, m in meta.items():
         key_model = m["key_model"]
@@ -265,69 +270,25 @@ def score_stationary(tier):
 
 def md_tables(results):
     lines = []
-    tiers = list(results["tiers"])
-    lines.append("### Flags on the anomaly streams (strict precision / recall)\n")
-    lines.append("| flag | injected | " + " | ".join(
-        f"{t}: flagged | {t}: precision | {t}: precision (any anomaly) | {t}: recall | "
-        f"{t}: false on normal (distinct)" for t in tiers) + " |")
-    lines.append("|---|---|" + "---|" * (5 * len(tiers)))
-    for flag in FLAGS:
-        cells = []
-        for t in tiers:
-            p = results["tiers"][t]["anomalies"]["per_flag"][flag]
-            cells += [p["flagged"], fmt(p["precision"]), fmt(p["precision_any_anomaly"]),
-                      fmt(p["recall"]),
-                      f"{p['false_on_normal']} ({p['false_on_normal_distinct_texts']} texts)"]
-        inj = results["tiers"][tiers[0]]["anomalies"]["per_flag"][flag]["injected"]
-        lines.append(f"| {flag} | {inj} | " + " | ".join(str(c) for c in cells) + " |")
-    lines.append("\n### Recall by injected kind and variant\n")
-    lines.append("| kind | variant | n | expected flag | " + " | ".join(
-        f"{t}: caught by expected | {t}: caught by any flag" for t in tiers) + " |")
-    lines.append("|---|---|---|---|" + "---|" * (2 * len(tiers)))
-    a0 = results["tiers"][tiers[0]]["anomalies"]["per_kind"]
-    for kind, v in a0.items():
-        for sub in sorted(v["subkinds"]):
-            cells = []
-            for t in tiers:
-                s = results["tiers"][t]["anomalies"]["per_kind"][kind]["subkinds"][sub]
-                cells += [f"{s['expected_flag']}/{s['n']}", f"{s['any_flag']}/{s['n']}"]
-            lines.append(f"| {kind} | {sub} | {v['subkinds'][sub]['n']} | {v['expected_flag']} | "
-                         + " | ".join(cells) + " |")
-    lines.append("\n### AUROC (normal answers vs injected kind)\n")
-    names = list(results["tiers"][tiers[0]]["anomalies"]["auroc"])
-    lines.append("| kind | " + " | ".join(f"{t}: {n}" for t in tiers for n in names) + " |")
-    lines.append("|---|" + "---|" * (len(tiers) * len(names)))
-    kinds = [k for k in results["tiers"][tiers[0]]["anomalies"]["auroc"][names[0]]
-             if k != "normal_scored"]
-    for k in kinds:
-        cells = []
-        for t in tiers:
-            for n in names:
-                v = results["tiers"][t]["anomalies"]["auroc"][n][k]
-                cells.append(f"{fmt(v['auroc'])} (n={v['n_scored']})")
-        lines.append(f"| {k} | " + " | ".join(cells) + " |")
-    lines.append("\n### Drift detection delay (responses of the key after onset)\n")
-    lines.append("| segment | " + " | ".join(f"{t}: delay | {t}: monitor | {t}: before onset"
-                                             for t in tiers) + " |")
-    lines.append("|---|" + "---|" * (3 * len(tiers)))
-    for seg in results["tiers"][tiers[0]]["drift"]:
-        cells = []
-        for t in tiers:
-            d = results["tiers"][t]["drift"][seg]
-            cells += [str(d["delay_responses"]) if d["delay_responses"] else "not detected",
-                      d["detected_by"] or "-",
-                      ", ".join(f"{r['kind']}@{r['index']}" for r in d["before_onset"]) or "none"]
-        lines.append(f"| {seg} | " + " | ".join(cells) + " |")
+    tiers = results["tiers"]
+    for stream in ("anomalies", "anomalies_lowrate", "anomalies_small"):
+        have = [t for t in tiers if stream in tiers[t]]
+        if have:
+            lines += md_anomalies(results, stream, have)
+    for stream in ("drift", "drift_small"):
+        have = [t for t in tiers if stream in tiers[t]]
+        if have:
+            lines += md_drift(results, stream, have)
     lines.append("\n### False incidents on stationary traffic\n")
-    lines.append("| tier | responses (after warm-up) | incidents by kind | all per 100k (95% CI) | "
-                 "drift per 100k (95% CI) |")
-    lines.append("|---|---|---|---|---|")
+    lines.append("| tier | keys | responses (after warm-up) | incidents by kind | "
+                 "all per 100k (95% CI) | drift per 100k (95% CI) |")
+    lines.append("|---|---|---|---|---|---|")
     for t in tiers:
-        s = results["tiers"][t].get("stationary")
+        s = tiers[t].get("stationary")
         if not s:
             continue
         a, d = s["all_incidents"], s["drift_incidents"]
-        lines.append(f"| {t} | {s['responses']} ({s['exposure_after_warmup']}) | "
+        lines.append(f"| {t} | {s['keys']} | {s['responses']} ({s['exposure_after_warmup']}) | "
                      f"{json.dumps(s['by_kind']) if s['by_kind'] else 'none'} | "
                      f"{a['per_100k']} ({a['ci95_per_100k'][0]}–{a['ci95_per_100k'][1]}) | "
                      f"{d['per_100k']} ({d['ci95_per_100k'][0]}–{d['ci95_per_100k'][1]}) |")
@@ -335,10 +296,73 @@ def md_tables(results):
     lines.append("| tier | stream | records | wall s | records/s |")
     lines.append("|---|---|---|---|---|")
     for t in tiers:
-        for stream, s in results["tiers"][t]["runs"].items():
+        for stream, s in tiers[t]["runs"].items():
             lines.append(f"| {t} | {stream} | {s['records']} | {s['wall_s']} | "
                          f"{s['records_per_s']} |")
     return "\n".join(lines) + "\n"
+
+
+def md_anomalies(results, stream, tiers):
+    T = results["tiers"]
+    lines = [f"\n## Stream `{stream}`\n", "### Flags (strict precision / recall)\n"]
+    lines.append("| flag | tier | injected | flagged | precision | precision (any anomaly) | "
+                 "recall (95% CI) | false on normal (distinct texts) |")
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for flag in FLAGS:
+        for t in tiers:
+            p = T[t][stream]["per_flag"][flag]
+            ci = p["recall_ci95"]
+            rec = fmt(p["recall"]) + (f" ({ci[0]}–{ci[1]})" if ci else "")
+            lines.append(f"| {flag} | {t} | {p['injected']} | {p['flagged']} | "
+                         f"{fmt(p['precision'])} | {fmt(p['precision_any_anomaly'])} | {rec} | "
+                         f"{p['false_on_normal']} ({p['false_on_normal_distinct_texts']}) |")
+    lines.append("\n### Recall by injected kind and variant\n")
+    lines.append("| kind | variant | expected flag | " + " | ".join(
+        f"{t}: by expected flag | {t}: by any flag" for t in tiers) + " |")
+    lines.append("|---|---|---|" + "---|" * (2 * len(tiers)))
+    a0 = T[tiers[0]][stream]["per_kind"]
+    for kind, v in a0.items():
+        for sub in sorted(v["subkinds"]):
+            cells = []
+            for t in tiers:
+                s = T[t][stream]["per_kind"][kind]["subkinds"][sub]
+                cells += [f"{s['expected_flag']}/{s['n']}", f"{s['any_flag']}/{s['n']}"]
+            lines.append(f"| {kind} | {sub} | {v['expected_flag']} | " + " | ".join(cells) + " |")
+    lines.append("\n### AUROC, normal answers vs each injected kind (answers with a score)\n")
+    names = list(T[tiers[0]][stream]["auroc"])
+    lines.append("| kind | " + " | ".join(f"{t}: {n}" for t in tiers for n in names) + " |")
+    lines.append("|---|" + "---|" * (len(tiers) * len(names)))
+    kinds = [k for k in T[tiers[0]][stream]["auroc"][names[0]] if k != "normal_scored"]
+    for k in kinds:
+        cells = []
+        for t in tiers:
+            for n in names:
+                v = T[t][stream]["auroc"][n][k]
+                cells.append(f"{fmt(v['auroc'])} (n={v['n_scored']})")
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    neg = ", ".join(f"{t}: {T[t][stream]['auroc'][names[0]]['normal_scored']}" for t in tiers)
+    lines.append(f"\nNormal answers with a score: {neg}. Incidents opened: " + "; ".join(
+        f"{t}: {json.dumps(T[t][stream]['incidents']) if T[t][stream]['incidents'] else 'none'}"
+        for t in tiers) + ".")
+    return lines
+
+
+def md_drift(results, stream, tiers):
+    T = results["tiers"]
+    lines = [f"\n## Drift stream `{stream}`: detection delay (responses of the key after onset)\n"]
+    lines.append("| segment | onset / records | tier | delay | monitor | opened before onset | "
+                 "all opened (kind@index) |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for seg, d0 in T[tiers[0]][stream].items():
+        for t in tiers:
+            d = T[t][stream][seg]
+            lines.append(
+                f"| {seg} | {d0['onset_index']} / {d0['records']} | {t} | "
+                f"{d['delay_responses'] if d['delay_responses'] else 'not detected'} | "
+                f"{d['detected_by'] or '-'} | "
+                f"{', '.join(r['kind'] + '@' + str(r['index']) for r in d['before_onset']) or 'none'} | "
+                f"{', '.join(r['kind'] + '@' + str(r['index']) for r in d['opened']) or 'none'} |")
+    return lines
 
 
 def fmt(x):
@@ -352,28 +376,33 @@ def main():
     ap.add_argument("--tiers", default="static,transformer")
     ap.add_argument("--streams", default="anomalies,drift,stationary")
     ap.add_argument("--reuse", action="store_true", help="keep replay outputs already in eval/out")
+    ap.add_argument("--jobs", type=int, default=1, help="replays run at the same time")
     args = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
     os.makedirs(RESULTS, exist_ok=True)
     rpath = os.path.join(RESULTS, "results.json")
+    jobs = [(tier, stream, f"stationary_{tier}" if stream == "stationary" else stream)
+            for tier in args.tiers.split(",") for stream in args.streams.split(",")]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        done = list(pool.map(lambda j: replay(args.bin, args.model_dir, j[0], j[2], args.reuse),
+                             jobs))
+    # merged into what earlier runs found (other tiers, other streams)
     results = json.load(open(rpath)) if os.path.exists(rpath) else {"tiers": {}}
     results["build"] = json.load(open(os.path.join(DATA, "build_meta.json")))
-    for tier in args.tiers.split(","):
+    for (tier, stream, name), summary in zip(jobs, done):
         t = results["tiers"].setdefault(tier, {"runs": {}})
-        for stream in args.streams.split(","):
-            name = f"stationary_{tier}" if stream == "stationary" else stream
-            t["runs"][name] = replay(args.bin, args.model_dir, tier, name, args.reuse)
-            if stream == "anomalies":
-                t["anomalies"] = score_anomalies(tier)
-            elif stream == "drift":
-                t["drift"] = score_drift(tier)
-            else:
-                t["stationary"] = score_stationary(tier)
+        t["runs"][name] = summary
+        if stream.startswith("anomalies"):
+            t[stream] = score_anomalies(tier, stream)
+        elif stream.startswith("drift"):
+            t[stream] = score_drift(tier, stream)
+        elif stream == "stationary":
+            t["stationary"] = score_stationary(tier)
+        else:
+            sys.exit(f"unknown stream {stream}")
     with open(rpath, "w") as f:
         json.dump(results, f, indent=1, ensure_ascii=False)
-    tiers_done = {k: v for k, v in results["tiers"].items()
-                  if all(s in v for s in ("anomalies", "drift"))}
-    md = md_tables({"tiers": tiers_done})
+    md = md_tables(results)
     with open(os.path.join(RESULTS, "results.md"), "w") as f:
         f.write(md)
     print(md)
