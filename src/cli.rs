@@ -349,7 +349,9 @@ fn load_tier(
         bar.finish_and_clear();
         std::sync::Arc::new(e)
     } else {
-        std::sync::Arc::new(load::transformer(&files, "auto", 256).map_err(|e| e.to_string())?)
+        std::sync::Arc::new(load::PrefetchingTransformer::new(
+            load::transformer(&files, "auto", 256).map_err(|e| e.to_string())?,
+        ))
     };
     Ok(Some(e))
 }

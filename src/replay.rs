@@ -165,7 +165,32 @@ pub fn run(
         tier: engine.tier().unwrap_or("none").to_string(),
         ..Default::default()
     };
-    for rec in records {
+    for chunk in records.chunks(PREFETCH) {
+        // Answers and prompts of the next records, embedded together in length-sorted batches.
+        let texts: Vec<&str> = chunk
+            .iter()
+            .flat_map(|r| std::iter::once(r.response.as_str()).chain(r.prompt.as_deref()))
+            .filter(|t| !t.trim().is_empty())
+            .collect();
+        engine.prefetch(&texts);
+        for rec in chunk {
+            write_one(engine, rec, out, &mut summary)?;
+        }
+    }
+    out.flush()?;
+    Ok(summary)
+}
+
+/// Records whose texts are embedded together before they are analysed one by one.
+const PREFETCH: usize = 256;
+
+fn write_one(
+    engine: &mut Engine,
+    rec: &ExchangeRecord,
+    out: &mut dyn Write,
+    summary: &mut Summary,
+) -> std::io::Result<()> {
+    {
         let (a, events) = engine.process(rec);
         for f in &a.flags {
             *summary.flags.entry((*f).to_string()).or_default() += 1;
@@ -190,8 +215,7 @@ pub fn run(
             out.write_all(b"\n")?;
         }
     }
-    out.flush()?;
-    Ok(summary)
+    Ok(())
 }
 
 #[cfg(test)]

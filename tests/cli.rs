@@ -468,3 +468,57 @@ async fn egress_goes_through_https_proxy_when_set() {
         "request went through the proxy"
     );
 }
+
+#[test]
+fn replay_writes_one_line_per_record_and_skips_malformed_lines_with_their_numbers() {
+    let model = tempfile::tempdir().expect("tmp");
+    semtap::semantic::testing::write_tiny_bert(model.path(), 7).expect("tiny bert");
+    let dir = tempfile::tempdir().expect("tmp");
+    let input = dir.path().join("records.jsonl");
+    let mut lines = Vec::new();
+    for i in 0..40u64 {
+        let response = if i == 30 {
+            "   ".to_string()
+        } else {
+            format!("the cat sat on the mat number {i}")
+        };
+        lines.push(
+            serde_json::json!({"id": format!("r{i}"), "ts_ms": 1_000 + i, "model": "m",
+                "prompt": "where did the cat sit", "response": response})
+            .to_string(),
+        );
+    }
+    lines.insert(5, "{not json".to_string());
+    std::fs::write(&input, lines.join("\n")).expect("write");
+    for tier in ["transformer", "static"] {
+        let out = dir.path().join(format!("flags-{tier}.jsonl"));
+        let run = Command::new(BIN)
+            .args(["replay", input.to_str().expect("utf-8 path"), "--out"])
+            .arg(&out)
+            .args(["--tier", tier, "--model-dir"])
+            .arg(model.path())
+            .output()
+            .expect("run replay");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success(), "{tier}: {stderr}");
+        assert!(stderr.contains(":6: skipped"), "{tier}: {stderr}");
+        let text = std::fs::read_to_string(&out).expect("out");
+        let exchanges: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["type"] == "exchange")
+            .collect();
+        assert_eq!(exchanges.len(), 40, "{tier}");
+        let blank = exchanges.iter().find(|v| v["id"] == "r30").expect("r30");
+        assert!(
+            blank["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x == "blank")),
+            "{tier}: {blank}"
+        );
+        assert!(
+            stderr.contains(&format!("\"tier\": \"{tier}\"")),
+            "{stderr}"
+        );
+    }
+}

@@ -264,6 +264,13 @@ impl Engine {
         self.embedder.as_ref().map(|e| e.tier())
     }
 
+    /// Tells the embedder which texts are coming (see [`TextEmbedder::prefetch`]).
+    pub fn prefetch(&self, texts: &[&str]) {
+        if let Some(e) = &self.embedder {
+            e.prefetch(texts);
+        }
+    }
+
     /// Keys that could not get a baseline because `max_keys` was reached.
     pub fn overflow_keys(&self) -> u64 {
         self.overflow_keys

@@ -58,6 +58,57 @@ impl TextEmbedder for StaticEmbedder {
     }
 }
 
+/// The transformer as a [`TextEmbedder`] that honours [`TextEmbedder::prefetch`]: prefetched
+/// texts are embedded in batches and served from memory until the next prefetch (which
+/// replaces them, so memory is bounded by one prefetch).
+pub struct PrefetchingTransformer {
+    model: TransformerEmbedder,
+    ready: parking_lot::Mutex<std::collections::HashMap<String, Vec<f32>>>,
+}
+
+impl PrefetchingTransformer {
+    /// Wraps a loaded transformer.
+    pub fn new(model: TransformerEmbedder) -> Self {
+        PrefetchingTransformer {
+            model,
+            ready: parking_lot::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+}
+
+impl TextEmbedder for PrefetchingTransformer {
+    fn embed(&self, text: &str) -> Vec<f32> {
+        if let Some(v) = self.ready.lock().get(text) {
+            return v.clone();
+        }
+        TextEmbedder::embed(&self.model, text)
+    }
+
+    fn dim(&self) -> usize {
+        self.model.dim()
+    }
+
+    fn tier(&self) -> &'static str {
+        "transformer"
+    }
+
+    fn prefetch(&self, texts: &[&str]) {
+        let mut unique: Vec<&str> = texts.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        let mut ready = std::collections::HashMap::with_capacity(unique.len());
+        match self.model.embed(&unique) {
+            Ok(vectors) => {
+                for (t, v) in unique.iter().zip(vectors) {
+                    ready.insert((*t).to_string(), v);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "batched embedding failed; embedding one by one"),
+        }
+        *self.ready.lock() = ready;
+    }
+}
+
 impl TextEmbedder for TransformerEmbedder {
     fn embed(&self, text: &str) -> Vec<f32> {
         match TransformerEmbedder::embed(self, &[text]) {

@@ -25,6 +25,11 @@ pub trait TextEmbedder: Send + Sync {
     fn dim(&self) -> usize;
     /// `static` or `transformer`.
     fn tier(&self) -> &'static str;
+    /// Hint: these texts are about to be embedded one by one. A batching embedder embeds them
+    /// now, together (replay uses it: a forward pass over a length-sorted batch is far cheaper
+    /// than one per text), and serves the coming [`embed`](Self::embed) calls from memory until
+    /// the next prefetch.
+    fn prefetch(&self, _texts: &[&str]) {}
 }
 pub mod live;
 pub mod load;
