@@ -531,6 +531,7 @@ fn parse_file(text: &str, source: &str) -> Result<FileConfig, ConfigError> {
         let key = e
             .span()
             .and_then(|span| key_at(text, span.start))
+            .filter(|k| !k.is_empty())
             .unwrap_or_else(|| "(syntax)".to_string());
         let line = e
             .span()
@@ -1097,6 +1098,18 @@ mod tests {
             "{}",
             issues[0].reason
         );
+    }
+
+    #[test]
+    fn a_syntax_error_on_an_empty_table_name_still_names_a_key() {
+        for text in ["[]\n", "[[]]\n", "[ ]\nx = 1\n", "= 5\n"] {
+            let issues = Config::from_toml(text, "c.toml")
+                .err()
+                .map(|e| e.issues)
+                .unwrap_or_default();
+            assert_eq!(issues.len(), 1, "{text:?}");
+            assert!(!issues[0].key.is_empty(), "{text:?}: {}", issues[0]);
+        }
     }
 
     #[test]
