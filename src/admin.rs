@@ -1,5 +1,7 @@
 //! The admin server: `/metrics` (Prometheus), `/healthz`, `/readyz` and `/status` (JSON).
 //! Bound to loopback by default; it serves numbers and states, never content or secrets.
+//! With a token, every route but the probes (and `/metrics` while public) needs
+//! `Authorization: Bearer <token>`; config refuses a non-loopback bind without one.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -20,6 +22,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::alert::Secret;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::tap::BoundListener;
@@ -82,8 +85,82 @@ impl Health {
     }
 }
 
+/// Who may call the admin API (`[admin]` token, `metrics_public`).
+#[derive(Debug, Clone)]
+pub struct AdminAuth {
+    /// Required by every route except `/healthz`, `/readyz` and a public `/metrics`.
+    pub token: Option<Secret>,
+    /// `/metrics` without the token, so Prometheus scrapers need no credentials.
+    pub metrics_public: bool,
+}
+
+impl Default for AdminAuth {
+    fn default() -> Self {
+        AdminAuth {
+            token: None,
+            metrics_public: true,
+        }
+    }
+}
+
+impl AdminAuth {
+    /// True if `path` may be served to a request carrying `authorization`.
+    fn allows(&self, path: &str, authorization: Option<&http::HeaderValue>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        if path == "/healthz" || path == "/readyz" || (path == "/metrics" && self.metrics_public) {
+            return true;
+        }
+        let presented = authorization
+            .map(|v| v.as_bytes())
+            .and_then(|v| v.split_first_chunk::<7>())
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case(b"bearer "))
+            .map(|(_, rest)| rest.trim_ascii())
+            .unwrap_or_default();
+        tokens_equal(token.as_bytes(), presented)
+    }
+}
+
+/// Why a token cannot be used: it must fit in an `Authorization` header as typed.
+pub fn check_token(token: &[u8]) -> Result<(), &'static str> {
+    if token.is_empty() {
+        return Err("the token is empty");
+    }
+    if !token.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err("the token must be printable ASCII without spaces");
+    }
+    Ok(())
+}
+
+/// Compares digests so that neither the position of the first difference nor the token's
+/// length shows in the time taken.
+fn tokens_equal(expected: &[u8], presented: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(expected), Sha256::digest(presented));
+    let diff = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// The reason a config may not serve the admin API as it stands, if any.
+pub fn exposure_problem(addr: SocketAddr, auth: &AdminAuth) -> Option<String> {
+    if auth.token.is_none() && !addr.ip().is_loopback() {
+        return Some(format!(
+            "admin.listen: {addr} is not loopback and no admin token is set"
+        ));
+    }
+    if auth.token.is_none() && !auth.metrics_public {
+        return Some("admin.metrics_public: false needs an admin token".into());
+    }
+    None
+}
+
 /// What the admin endpoints read from.
 pub struct AdminState {
+    pub auth: AdminAuth,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     pub pipeline: Arc<Pipeline>,
@@ -155,6 +232,22 @@ async fn serve(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
+    if !state
+        .auth
+        .allows(&path, req.headers().get(header::AUTHORIZATION))
+    {
+        tracing::debug!(path = %path, "admin request without a valid token");
+        let mut r = text(
+            StatusCode::UNAUTHORIZED,
+            "text/plain",
+            "unauthorized: send Authorization: Bearer <admin token>\n".into(),
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer realm=\"semtap admin\""),
+        );
+        return Ok(r);
+    }
     if path == "/baselines" || path.starts_with("/baselines/") || path == "/incidents" {
         return Ok(baselines_api(&state, req.method(), &path).await);
     }

@@ -113,6 +113,7 @@ struct RunArgs {
     #[arg(long, env = "SEMTAP_UPSTREAM", value_name = "URL")]
     upstream: Option<String>,
     /// Admin server address (/metrics, /healthz, /readyz, /status); default 127.0.0.1:9464.
+    /// Off loopback it needs a token (SEMTAP_ADMIN_TOKEN or admin.token_file).
     #[arg(long, env = "SEMTAP_ADMIN", value_name = "ADDR")]
     admin: Option<String>,
     /// Directory for state that survives restarts.
@@ -162,8 +163,20 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// `SEMTAP_ADMIN_TOKEN`, when set and not empty.
+fn admin_token_env() -> Option<crate::alert::Secret> {
+    std::env::var("SEMTAP_ADMIN_TOKEN")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(crate::alert::Secret::new)
+}
+
 fn check_config(file: &std::path::Path) -> ExitCode {
-    match Config::load(Some(file), &Overrides::default()) {
+    let overrides = Overrides {
+        admin_token: admin_token_env(),
+        ..Overrides::default()
+    };
+    match Config::load(Some(file), &overrides) {
         Ok(cfg) => {
             println!(
                 "{}: ok ({} listener{})",
@@ -223,6 +236,7 @@ fn run(common: Common, args: RunArgs) -> ExitCode {
             .ok()
             .filter(|s| !s.is_empty())
             .map(crate::alert::Secret::new),
+        admin_token: admin_token_env(),
     };
     let cfg = match Config::load(args.config.as_deref(), &overrides) {
         Ok(c) => c,

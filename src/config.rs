@@ -163,6 +163,9 @@ struct FileListener {
 #[serde(deny_unknown_fields)]
 struct FileAdmin {
     listen: Option<String>,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+    metrics_public: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -423,6 +426,8 @@ impl Default for SemanticConfig {
 pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub admin_listen: SocketAddr,
+    /// Who may use the admin API beyond the probes.
+    pub admin_auth: crate::admin::AdminAuth,
     pub state_dir: Option<PathBuf>,
     pub limits: Limits,
     /// Capacity of the queue from the data path to analysis.
@@ -444,6 +449,7 @@ impl Default for Config {
         Config {
             listeners: Vec::new(),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            admin_auth: crate::admin::AdminAuth::default(),
             state_dir: None,
             limits: Limits::default(),
             pipeline_queue: 4096,
@@ -478,9 +484,12 @@ pub struct Overrides {
     /// `--webhook URL` receivers, signed with `webhook_secret` (`SEMTAP_WEBHOOK_SECRET`).
     pub webhooks: Vec<String>,
     pub webhook_secret: Option<crate::alert::Secret>,
+    /// `SEMTAP_ADMIN_TOKEN`: beats `admin.token` and `admin.token_file`.
+    pub admin_token: Option<crate::alert::Secret>,
 }
 
 const CLI: &str = "<command line>";
+const ENV: &str = "<environment>";
 
 impl Config {
     /// Loads `path` (if any), applies overrides and validates everything.
@@ -504,7 +513,16 @@ impl Config {
 
     /// Validates TOML text as if it were a file called `source`.
     pub fn from_toml(text: &str, source: &str) -> Result<Config, ConfigError> {
-        build(parse_file(text, source)?, source, &Overrides::default())
+        Self::from_toml_with(text, source, &Overrides::default())
+    }
+
+    /// Like [`Config::from_toml`], with the overrides a deployment would set (its variables).
+    pub fn from_toml_with(
+        text: &str,
+        source: &str,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        build(parse_file(text, source)?, source, overrides)
     }
 }
 
@@ -513,6 +531,7 @@ fn parse_file(text: &str, source: &str) -> Result<FileConfig, ConfigError> {
         let key = e
             .span()
             .and_then(|span| key_at(text, span.start))
+            .filter(|k| !k.is_empty())
             .unwrap_or_else(|| "(syntax)".to_string());
         let line = e
             .span()
@@ -586,6 +605,90 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
     Err(format!(
         "`{text}` is not an address (use IP:PORT, e.g. 127.0.0.1:8080; port 0 picks a free one)"
     ))
+}
+
+/// `[admin]` token and `metrics_public`, and the refusal to expose the admin API without a
+/// token: `/status` and the baselines API (pin, reset) must not be open to a whole network.
+fn admin_auth(
+    file: &FileAdmin,
+    source: &str,
+    ov: &Overrides,
+    cfg: &mut Config,
+    issues: &mut Vec<ConfigIssue>,
+) {
+    let mut issue = |src: &str, key: &str, reason: String| {
+        issues.push(ConfigIssue {
+            source: src.to_string(),
+            key: key.to_string(),
+            reason,
+        })
+    };
+    let token = match (&ov.admin_token, &file.token, &file.token_file) {
+        (Some(t), _, _) => Some((ENV, "SEMTAP_ADMIN_TOKEN", t.clone())),
+        (None, Some(_), Some(_)) => {
+            issue(
+                source,
+                "admin.token",
+                "set token or token_file, not both".into(),
+            );
+            None
+        }
+        (None, Some(t), None) => {
+            Some((source, "admin.token", crate::alert::Secret::new(t.clone())))
+        }
+        (None, None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(t) => Some((
+                source,
+                "admin.token_file",
+                crate::alert::Secret::new(t.trim_end_matches(['\n', '\r'])),
+            )),
+            Err(e) => {
+                issue(
+                    source,
+                    "admin.token_file",
+                    format!("cannot read `{}`: {e}", path.display()),
+                );
+                None
+            }
+        },
+        (None, None, None) => None,
+    };
+    let mut token_given = false;
+    if let Some((src, key, t)) = token {
+        token_given = true;
+        match crate::admin::check_token(t.as_bytes()) {
+            Ok(()) => cfg.admin_auth.token = Some(t),
+            Err(reason) => issue(src, key, reason.to_string()),
+        }
+    }
+    if let Some(p) = file.metrics_public {
+        cfg.admin_auth.metrics_public = p;
+    }
+    if !token_given {
+        let (src, key) = if ov.admin.is_some() {
+            (CLI, "--admin")
+        } else {
+            (source, "admin.listen")
+        };
+        if !cfg.admin_listen.ip().is_loopback() {
+            issue(
+                src,
+                key,
+                format!(
+                    "the admin server would listen on {} (not loopback) without a token: set \
+                     admin.token_file, admin.token or SEMTAP_ADMIN_TOKEN, or listen on 127.0.0.1",
+                    cfg.admin_listen
+                ),
+            );
+        }
+        if !cfg.admin_auth.metrics_public {
+            issue(
+                source,
+                "admin.metrics_public",
+                "false needs a token (admin.token_file, admin.token or SEMTAP_ADMIN_TOKEN)".into(),
+            );
+        }
+    }
 }
 
 fn build(file: FileConfig, source: &str, ov: &Overrides) -> Result<Config, ConfigError> {
@@ -720,6 +823,8 @@ fn build(file: FileConfig, source: &str, ov: &Overrides) -> Result<Config, Confi
             }
         }
     }
+
+    admin_auth(&file.admin, source, ov, &mut cfg, &mut issues);
 
     cfg.state_dir = ov.state_dir.clone().or(file.state_dir);
     cfg.webhooks = crate::alert::config::build(
@@ -996,6 +1101,18 @@ mod tests {
     }
 
     #[test]
+    fn a_syntax_error_on_an_empty_table_name_still_names_a_key() {
+        for text in ["[]\n", "[[]]\n", "[ ]\nx = 1\n", "= 5\n"] {
+            let issues = Config::from_toml(text, "c.toml")
+                .err()
+                .map(|e| e.issues)
+                .unwrap_or_default();
+            assert_eq!(issues.len(), 1, "{text:?}");
+            assert!(!issues[0].key.is_empty(), "{text:?}: {}", issues[0]);
+        }
+    }
+
+    #[test]
     fn wrong_type_is_named() {
         let text = "[limits]\nidle_timeout = \"forever\"\n";
         let issues = Config::from_toml(text, "c.toml")
@@ -1026,5 +1143,42 @@ mod tests {
     #[test]
     fn upstream_with_credentials_is_refused() {
         assert!(Upstream::parse("https://user:sk-secret@api.openai.com").is_err());
+    }
+
+    #[test]
+    fn admin_token_rules_name_the_key() {
+        let base = "[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://a\"\n[admin]\n";
+        let keys = |extra: &str| -> Vec<String> {
+            Config::from_toml(&format!("{base}{extra}"), "c.toml")
+                .err()
+                .map(|e| e.issues.into_iter().map(|i| i.key).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(keys("listen = \"0.0.0.0:9464\"\n"), ["admin.listen"]);
+        assert_eq!(keys("listen = \"[::1]:9464\"\n"), Vec::<String>::new());
+        assert_eq!(keys("metrics_public = false\n"), ["admin.metrics_public"]);
+        assert_eq!(
+            keys("token = \"a\"\ntoken_file = \"/nonexistent\"\n"),
+            ["admin.token"]
+        );
+        assert_eq!(keys("token = \"two words\"\n"), ["admin.token"]);
+        assert_eq!(
+            keys("token_file = \"/nonexistent/t\"\n"),
+            ["admin.token_file"]
+        );
+        let ok = "listen = \"0.0.0.0:9464\"\ntoken = \"t0k\"\nmetrics_public = false\n";
+        assert_eq!(keys(ok), Vec::<String>::new());
+        // The variable beats the file and satisfies the exposure rule on its own.
+        let ov = Overrides {
+            admin_token: Some(crate::alert::Secret::new("from-env")),
+            ..Default::default()
+        };
+        let cfg = Config::from_toml_with(
+            &format!("{base}listen = \":9464\"\ntoken = \"t\"\n"),
+            "c.toml",
+            &ov,
+        );
+        let token = cfg.ok().and_then(|c| c.admin_auth.token);
+        assert_eq!(token, Some(crate::alert::Secret::new("from-env")));
     }
 }

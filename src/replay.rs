@@ -121,7 +121,7 @@ pub fn parse_record(text: &str) -> Result<ExchangeRecord, String> {
         rec.status = 200;
     }
     if rec.end_ts_ms == 0 {
-        rec.end_ts_ms = rec.ts_ms + rec.duration_ms.max(0.0) as u64;
+        rec.end_ts_ms = rec.ts_ms.saturating_add(rec.duration_ms.max(0.0) as u64);
     }
     if rec.ttft_ms.is_some() {
         rec.stream = true;
@@ -221,6 +221,15 @@ fn write_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_start_time_near_the_end_of_time_does_not_overflow() {
+        // Found by `cargo fuzz run record`: ts_ms + latency overflowed (a panic in debug).
+        let r = parse_record(
+            r#"{"id":"a","ts_ms":18446744073709551615,"response":"x","latency_ms":300}"#,
+        );
+        assert_eq!(r.map(|r| r.end_ts_ms).ok(), Some(u64::MAX));
+    }
 
     #[test]
     fn minimal_records_take_documented_defaults() {

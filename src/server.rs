@@ -22,6 +22,8 @@ use crate::tap::{Tap, TapError};
 pub enum StartError {
     #[error(transparent)]
     Tap(#[from] TapError),
+    #[error("admin server refused: {0}")]
+    AdminExposed(String),
     #[error("admin server cannot bind {addr}: {source}")]
     Admin {
         addr: SocketAddr,
@@ -77,6 +79,9 @@ impl Running {
         sinks: Vec<Arc<dyn RecordSink>>,
         mut analysis_sinks: Vec<Arc<dyn AnalysisSink>>,
     ) -> Result<Running, StartError> {
+        if let Some(problem) = crate::admin::exposure_problem(cfg.admin_listen, &cfg.admin_auth) {
+            return Err(StartError::AdminExposed(problem));
+        }
         let mut opts = MetricsOptions::from_env();
         opts.max_models = cfg.max_models;
         let metrics = Arc::new(Metrics::new(opts));
@@ -165,6 +170,7 @@ impl Running {
         health.set("tap", "ok", "");
         let listeners = tap.listeners.clone();
         let state = Arc::new(AdminState {
+            auth: cfg.admin_auth.clone(),
             health: health.clone(),
             metrics: metrics.clone(),
             pipeline: pipeline.clone(),

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
-use semtap::config::{Config, ListenerConfig, Upstream};
+use semtap::config::{Config, ListenerConfig, Overrides, Upstream};
 use semtap::metrics::{prometheus_name, MetricKind, KNOWN};
 use semtap::simulate::MockUpstream;
 use yaml_rust2::{Yaml, YamlLoader};
@@ -88,6 +88,14 @@ fn keys(y: &Yaml) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
+/// What the kit's deployments set beside the config file: the admin token variable.
+fn deployed() -> Overrides {
+    Overrides {
+        admin_token: Some(semtap::alert::Secret::new("kit-admin-token")),
+        ..Overrides::default()
+    }
+}
+
 #[test]
 fn every_json_yaml_and_toml_file_in_the_kit_parses() {
     let json = kit_files(&["json"]);
@@ -115,12 +123,13 @@ fn every_json_yaml_and_toml_file_in_the_kit_parses() {
             );
         }
     }
-    // semtap's own configs in the kit are valid semtap configs.
+    // semtap's own configs in the kit are valid semtap configs, with the admin token the
+    // deployment passes in SEMTAP_ADMIN_TOKEN.
     let tomls = kit_files(&["toml"]);
     assert!(!tomls.is_empty());
     for p in &tomls {
         let text = std::fs::read_to_string(p).expect("read");
-        Config::from_toml(&text, &p.display().to_string())
+        Config::from_toml_with(&text, &p.display().to_string(), &deployed())
             .unwrap_or_else(|e| panic!("{}: {:?}", p.display(), e.issues));
     }
 }
@@ -172,6 +181,11 @@ fn compose_brings_up_semtap_collector_jaeger_prometheus_and_grafana() {
         .expect("semtap exports OTLP");
     assert!(endpoint.contains("otel-collector:4317"), "{endpoint}");
     assert!(read("semtap.toml").contains("0.0.0.0:9464"));
+    // Off loopback the admin API needs a token; compose refuses to start without one.
+    let admin_token = semtap["environment"]["SEMTAP_ADMIN_TOKEN"]
+        .as_str()
+        .expect("compose passes SEMTAP_ADMIN_TOKEN");
+    assert!(admin_token.contains(":?"), "{admin_token}");
 
     // Prometheus scrapes the collector's prometheus exporter port.
     let collector = yaml_one("collector/otel-collector.yaml");
@@ -294,6 +308,16 @@ fn kubernetes_example_runs_semtap_as_a_sidecar_with_probes_limits_and_the_model_
     }
     assert!(env.contains_key("OTEL_EXPORTER_OTLP_ENDPOINT"));
     assert!(!env["SEMTAP_WEBHOOK_SECRET"]["valueFrom"]["secretKeyRef"].is_badvalue());
+    let admin_token = &env["SEMTAP_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"];
+    let secret_name = admin_token["name"]
+        .as_str()
+        .expect("admin token from a Secret");
+    assert!(
+        docs.iter().any(|d| d["kind"].as_str() == Some("Secret")
+            && d["metadata"]["name"].as_str() == Some(secret_name)
+            && !d["stringData"][admin_token["key"].as_str().unwrap_or("")].is_badvalue()),
+        "the Secret {secret_name} holds the admin token"
+    );
 
     // The model: a volume mounted read-only where the config's model_dir points.
     let volumes: BTreeSet<String> = pod["volumes"]
@@ -320,7 +344,7 @@ fn kubernetes_example_runs_semtap_as_a_sidecar_with_probes_limits_and_the_model_
         .find(|d| d["kind"].as_str() == Some("ConfigMap"))
         .expect("a ConfigMap");
     let toml_text = cm["data"]["semtap.toml"].as_str().expect("semtap.toml");
-    let cfg = Config::from_toml(toml_text, "k8s ConfigMap semtap.toml")
+    let cfg = Config::from_toml_with(toml_text, "k8s ConfigMap semtap.toml", &deployed())
         .unwrap_or_else(|e| panic!("{:?}", e.issues));
     assert!(cfg
         .semantic

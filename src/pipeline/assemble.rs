@@ -45,7 +45,7 @@ pub fn assemble(c: Capture, decompressed_cap: usize) -> ExchangeRecord {
     let mut anomalies: Vec<String> = Vec::new();
 
     // Request.
-    let req_body = decode(
+    let (req_body, req_capped) = decode(
         &c.request,
         c.request_encoding.as_deref(),
         decompressed_cap,
@@ -60,7 +60,7 @@ pub fn assemble(c: Capture, decompressed_cap: usize) -> ExchangeRecord {
                 rec.prompt = info.prompt;
             }
             Err(e) => {
-                if !c.request.truncated {
+                if !c.request.truncated && !req_capped {
                     anomalies.push(format!("request: {e}"));
                 }
             }
@@ -79,7 +79,7 @@ pub fn assemble(c: Capture, decompressed_cap: usize) -> ExchangeRecord {
     if is_sse {
         rec.stream = true;
     }
-    let resp_body = decode(
+    let (resp_body, resp_capped) = decode(
         &c.response,
         c.response_encoding.as_deref(),
         decompressed_cap,
@@ -92,11 +92,13 @@ pub fn assemble(c: Capture, decompressed_cap: usize) -> ExchangeRecord {
     };
     if let Some(a) = &info.anomaly {
         // A body cut by the capture cap or by the upstream is expected to end badly.
-        let cut = c.response.truncated || c.outcome != Outcome::Complete;
+        let cut = c.response.truncated || resp_capped || c.outcome != Outcome::Complete;
         if !cut {
             anomalies.push(a.clone());
         }
     }
+    // A decompressed copy cut at `limits.decompressed_bytes` is a truncated capture too.
+    rec.capture_truncated |= req_capped || resp_capped;
     rec.response_id = info.response_id.clone();
     rec.response_model = info.response_model.clone();
     rec.response = info.text.clone();
@@ -215,18 +217,19 @@ fn content_chunk_gaps(times: &[(u64, u64)], content_ends: &[usize]) -> Vec<f32> 
     gaps
 }
 
-/// The analysis copy of a body, decompressed up to `cap` bytes. A body that fails to
-/// decompress part-way keeps what came out before the failure.
+/// The analysis copy of a body, decompressed up to `cap` bytes, and whether the cap cut it
+/// (a gzip bomb, or an answer larger than the cap). A body that fails to decompress part-way
+/// keeps what came out before the failure.
 fn decode(
     body: &CapturedBody,
     encoding: Option<&str>,
     cap: usize,
     anomalies: &mut Vec<String>,
-) -> Vec<u8> {
+) -> (Vec<u8>, bool) {
     let enc = encoding.map(|e| e.trim().to_ascii_lowercase());
     let bytes = body.bytes.as_slice();
     let reader: Box<dyn Read> = match enc.as_deref() {
-        None | Some("") | Some("identity") => return bytes.to_vec(),
+        None | Some("") | Some("identity") => return (bytes.to_vec(), false),
         Some("gzip") | Some("x-gzip") => Box::new(flate2::read::MultiGzDecoder::new(bytes)),
         Some("deflate") => {
             // RFC 9110 deflate is zlib-wrapped; some servers send raw deflate.
@@ -242,7 +245,7 @@ fn decode(
         Some("br") => Box::new(brotli::Decompressor::new(bytes, 4096)),
         Some(other) => {
             anomalies.push(format!("unsupported content-encoding `{other}`"));
-            return Vec::new();
+            return (Vec::new(), false);
         }
     };
     let mut out = Vec::new();
@@ -260,7 +263,10 @@ fn decode(
             }
         }
     }
-    out
+    // At the cap, one more byte from the decoder says whether the body went on.
+    let capped = out.len() as u64 == cap as u64
+        && matches!(limited.into_inner().read(&mut [0u8; 1]), Ok(n) if n > 0);
+    (out, capped)
 }
 
 /// W3C `traceparent`: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`.
@@ -376,7 +382,7 @@ mod tests {
         };
         let mut an = Vec::new();
         assert_eq!(
-            decode(&body, Some("gzip"), 1 << 20, &mut an),
+            decode(&body, Some("gzip"), 1 << 20, &mut an).0,
             b"{\"hello\":\"world\"}"
         );
         assert!(an.is_empty());
@@ -386,8 +392,9 @@ mod tests {
             truncated: false,
             _budget: Default::default(),
         };
-        let out = decode(&bad, Some("gzip"), 1 << 20, &mut an);
+        let (out, capped) = decode(&bad, Some("gzip"), 1 << 20, &mut an);
         assert!(out.is_empty());
+        assert!(!capped);
         assert_eq!(an.len(), 1);
     }
 
@@ -403,7 +410,11 @@ mod tests {
             truncated: false,
             _budget: Default::default(),
         };
-        let out = decode(&body, Some("gzip"), 1 << 20, &mut Vec::new());
+        let (out, capped) = decode(&body, Some("gzip"), 1 << 20, &mut Vec::new());
         assert_eq!(out.len(), 1 << 20);
+        assert!(capped, "cut at the cap");
+        let (out, capped) = decode(&body, Some("gzip"), 10 << 20, &mut Vec::new());
+        assert_eq!(out.len(), 10 << 20);
+        assert!(!capped, "exactly the cap is not cut");
     }
 }

@@ -2,6 +2,8 @@
 //! upstream, over real loopback sockets.
 #![allow(dead_code)]
 
+pub mod proc;
+
 use std::net::SocketAddr;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;

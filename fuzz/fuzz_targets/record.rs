@@ -1,0 +1,8 @@
+//! The exchange-record reader; the property is [`checks::record`].
+#![no_main]
+
+#[allow(dead_code)] // each target uses one of the checks
+#[path = "checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|input: &[u8]| checks::record(input));

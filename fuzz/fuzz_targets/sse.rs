@@ -1,0 +1,8 @@
+//! The SSE parser; the property is [`checks::sse`].
+#![no_main]
+
+#[allow(dead_code)] // each target uses one of the checks
+#[path = "checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|input: &[u8]| checks::sse(input));
