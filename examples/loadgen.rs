@@ -23,6 +23,8 @@ struct Args {
     duration: Duration,
     connections: usize,
     body: Bytes,
+    /// SHA-256 (hex) every response body must have; mismatches are counted.
+    expect: Option<String>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -31,6 +33,7 @@ fn parse() -> Result<Args, String> {
     let mut duration = 10.0;
     let mut connections = 64;
     let mut body = Bytes::new();
+    let mut expect = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let v = it.next().ok_or(format!("{a} needs a value"))?;
@@ -40,6 +43,7 @@ fn parse() -> Result<Args, String> {
             "--duration" => duration = v.parse().map_err(|_| "bad --duration")?,
             "--connections" => connections = v.parse().map_err(|_| "bad --connections")?,
             "--body" => body = Bytes::from(std::fs::read(&v).map_err(|e| format!("{v}: {e}"))?),
+            "--expect-sha256" => expect = Some(v.to_ascii_lowercase()),
             _ => return Err(format!("unknown flag {a}")),
         }
     }
@@ -49,6 +53,7 @@ fn parse() -> Result<Args, String> {
         duration: Duration::from_secs_f64(duration),
         connections,
         body,
+        expect,
     })
 }
 
@@ -64,6 +69,7 @@ async fn main() {
     let total = (args.rate * args.duration.as_secs_f64()) as u64;
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
+    let mismatches = Arc::new(AtomicU64::new(0));
     let hist = Arc::new(Mutex::new(
         hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
             .expect("histogram bounds"),
@@ -72,6 +78,7 @@ async fn main() {
     let mut workers = Vec::new();
     for _ in 0..args.connections {
         let (next, errors, hist) = (next.clone(), errors.clone(), hist.clone());
+        let (expect, mismatches) = (args.expect.clone(), mismatches.clone());
         let url = args.url.clone();
         let body = args.body.clone();
         let rate = args.rate;
@@ -122,7 +129,19 @@ async fn main() {
                 let ok = match s.send_request(req).await {
                     Ok(resp) => {
                         let good = resp.status().is_success();
-                        good && resp.into_body().collect().await.is_ok()
+                        match resp.into_body().collect().await {
+                            Ok(b) if good => {
+                                if let Some(want) = &expect {
+                                    use sha2::Digest;
+                                    let got = hex::encode(sha2::Sha256::digest(b.to_bytes()));
+                                    if &got != want {
+                                        mismatches.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                }
+                                true
+                            }
+                            _ => false,
+                        }
                     }
                     Err(_) => false,
                 };
@@ -147,6 +166,7 @@ async fn main() {
         serde_json::json!({
             "requests": h.len(),
             "errors": errors.load(Ordering::Relaxed),
+            "body_mismatches": mismatches.load(Ordering::Relaxed),
             "offered_rps": args.rate,
             "achieved_rps": h.len() as f64 / elapsed,
             "p50_us": q(0.5), "p90_us": q(0.9), "p99_us": q(0.99), "p999_us": q(0.999), "max_us": h.max(),
