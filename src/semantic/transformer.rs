@@ -24,6 +24,27 @@ use super::model::ModelFiles;
 
 /// Token budget per text, as sentence-transformers uses for all-MiniLM-L6-v2.
 pub const DEFAULT_MAX_TOKENS: usize = 256;
+/// Padded tokens per forward pass at most (batch × longest text): beyond it the attention
+/// scores ([b, heads, t, t]) fall out of cache and memory grows with no gain in speed
+/// (BENCHMARKS.md: at 256 tokens batch 8 was no faster than batch 1, batch 32 peaked at 459 MB).
+pub const MAX_BATCH_TOKENS: usize = 2048;
+
+/// Splits texts sorted longest first (`lens`) into consecutive batches of at most `max_batch`
+/// texts and `max_tokens` padded tokens (a single text always makes a batch).
+pub fn batches(lens: &[usize], max_batch: usize, max_tokens: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < lens.len() {
+        // Sorted longest first: the batch's width is its first text's length.
+        let width = lens[start].max(1);
+        let fit = (max_tokens / width).clamp(1, max_batch.max(1));
+        let end = (start + fit).min(lens.len());
+        out.push(start..end);
+        start = end;
+    }
+    out
+}
+
 /// Texts per forward pass unless changed with [`TransformerEmbedder::with_max_batch`].
 pub const DEFAULT_MAX_BATCH: usize = 32;
 /// Bytes of input kept per token of budget before tokenizing. Truncation happens after
@@ -363,7 +384,9 @@ impl TransformerEmbedder {
         order.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
 
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
-        for chunk in order.chunks(self.max_batch) {
+        let sorted_lens: Vec<usize> = order.iter().map(|&i| lens[i]).collect();
+        for range in batches(&sorted_lens, self.max_batch, MAX_BATCH_TOKENS) {
+            let chunk = &order[range];
             let width = chunk.iter().map(|&i| lens[i]).max().unwrap_or(0);
             if width == 0 {
                 for &i in chunk {
@@ -444,7 +467,9 @@ impl TokenEncoder for TransformerEmbedder {
         let mut order: Vec<usize> = (0..batch.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(batch[i].len()));
         let mut out: Vec<Vec<Vec<f32>>> = vec![Vec::new(); batch.len()];
-        for chunk in order.chunks(self.max_batch) {
+        let sorted_lens: Vec<usize> = order.iter().map(|&i| batch[i].len()).collect();
+        for range in batches(&sorted_lens, self.max_batch, MAX_BATCH_TOKENS) {
+            let chunk = &order[range];
             let width = chunk.iter().map(|&i| batch[i].len()).max().unwrap_or(0);
             if width == 0 {
                 continue;
@@ -550,6 +575,20 @@ mod tests {
                 .fold(0f32, f32::max);
             assert!(diff < 1e-4, "token state diff {diff}");
         }
+    }
+
+    #[test]
+    fn batches_respect_both_the_text_and_the_token_budget() {
+        let lens = [256, 256, 256, 200, 64, 64, 64, 10, 0];
+        let b = batches(&lens, 32, 512);
+        assert_eq!(b, vec![0..2, 2..4, 4..9]);
+        assert_eq!(
+            batches(&[300], 32, 100),
+            vec![0..1],
+            "a long text still gets a batch"
+        );
+        assert_eq!(batches(&[5; 10], 4, 2048), vec![0..4, 4..8, 8..10]);
+        assert!(batches(&[], 4, 10).is_empty());
     }
 
     #[test]
