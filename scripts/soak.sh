@@ -109,7 +109,7 @@ curl -s 127.0.0.1:18204/status | grep -q 'transformer tier on' || { echo "engine
   --duration "$SECS" --connections 32 --body "$WORK/req.json" --expect-sha256 "$SHA" > "$OUT/loadgen.json" &
 LOAD=$!
 
-metric() { awk -v n="$1" '$1 == n {s += $2} END {print s + 0}' "$WORK/m.txt"; }
+metric() { awk -v n="$1" 'index($1, n) == 1 && (length($1) == length(n) || substr($1, length(n) + 1, 1) == "{") {s += $2} END {print s + 0}' "$WORK/m.txt"; }
 echo "t_s,rss_mb,fds,analysis_queue,semantic_queue,transformer_queue,export_queue,spool_depth,requests" > "$OUT/soak.csv"
 T0=$(date +%s)
 while kill -0 $LOAD 2>/dev/null; do
@@ -148,8 +148,8 @@ try:
     import matplotlib.pyplot as plt
     t = [float(r["t_s"]) for r in rows]
     fig, ax = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
-    ax[0].plot(t, rss); ax[0].set_ylabel("RSS (MB)"); ax[0].set_ylim(bottom=0)
-    ax[1].plot(t, fds); ax[1].set_ylabel("open fds"); ax[1].set_ylim(bottom=0)
+    ax[0].plot(t, rss); ax[0].set_ylabel("RSS (MB)"); ax[0].set_ylim(0, max(rss) * 1.25)
+    ax[1].plot(t, fds); ax[1].set_ylabel("open fds"); ax[1].set_ylim(0, max(fds) * 1.25)
     for k in ("analysis_queue", "semantic_queue", "transformer_queue", "export_queue", "spool_depth"):
         ax[2].plot(t, [float(r[k]) for r in rows], label=k)
     ax[2].set_ylabel("depth"); ax[2].set_xlabel("seconds"); ax[2].legend(fontsize=7)
