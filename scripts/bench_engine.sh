@@ -135,8 +135,8 @@ static = total("semtap_embeddings_total", 'tier="static"')
 trans = total("semtap_embeddings_total", 'tier="transformer"')
 print(f"engine-on semtap: {reqs:.0f} requests, {static:.0f} static-tier embeddings, {trans:.0f} transformer embeddings")
 print("records dropped:", {l.split('reason="')[1].split('"')[0]: l.rsplit(" ", 1)[1] for l in text.splitlines() if l.startswith("semtap_records_dropped_total{")} or "none")
-print(f"analysis lag p99 <= {quantile('semtap_semantic_lag', 0.99)} s (bucket bound), p50 <= {quantile('semtap_semantic_lag', 0.5)} s")
-print(f"transformer review lag p99 <= {quantile('semtap_transformer_lag', 0.99)} s")
+print(f"analysis lag p99 <= {quantile('semtap_semantic_lag_seconds', 0.99)} s (bucket bound), p50 <= {quantile('semtap_semantic_lag_seconds', 0.5)} s")
+print(f"transformer review lag p99 <= {quantile('semtap_transformer_lag_seconds', 0.99)} s")
 PY
 echo "engine-on semtap peak RSS: $(awk '/VmHWM/ {print $2, $3}' /proc/$(cat "$WORK/semtap-on.pid")/status)"
 echo "engine-off semtap peak RSS: $(awk '/VmHWM/ {print $2, $3}' /proc/$(cat "$WORK/semtap-off.pid")/status)"
