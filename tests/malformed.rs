@@ -121,6 +121,24 @@ async fn raw_upstream(pieces: Vec<Piece>) -> RawUpstream {
 
 const SSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
 
+/// `pieces` as the upstream, a tap in front of it, and one chat call (model gpt-4o) through it.
+async fn chat_via_tap(
+    pieces: Vec<Piece>,
+    stream: bool,
+) -> (RawUpstream, Tapped, (u16, http::HeaderMap, Bytes)) {
+    let up = raw_upstream(pieces).await;
+    let t = tap(&up.url()).await;
+    let answer = send(
+        &client(),
+        post_json(
+            &format!("{}/v1/chat/completions", t.base()),
+            &chat_body("gpt-4o", "x", stream),
+        ),
+    )
+    .await;
+    (up, t, answer)
+}
+
 fn json_head(len: usize, extra: &str) -> Vec<u8> {
     format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n{extra}connection: close\r\n\r\n").into_bytes()
 }
@@ -198,16 +216,7 @@ async fn invalid_utf8_in_a_json_answer_passes_byte_exact_and_is_a_parse_anomaly(
     let answer = chat_answer(b"caf\xc3\xa9 \xff\xfe bad");
     let mut resp = json_head(answer.len(), "");
     resp.extend_from_slice(&answer);
-    let up = raw_upstream(vec![Piece::Bytes(resp)]).await;
-    let t = tap(&up.url()).await;
-    let (s, _, body) = send(
-        &client(),
-        post_json(
-            &format!("{}/v1/chat/completions", t.base()),
-            &chat_body("gpt-4o", "x", false),
-        ),
-    )
-    .await;
+    let (_up, t, (s, _, body)) = chat_via_tap(vec![Piece::Bytes(resp)], false).await;
     assert_eq!(s, 200);
     assert_eq!(&body[..], &answer[..]);
     let r = t.next_record();
@@ -226,16 +235,7 @@ async fn invalid_utf8_in_an_sse_answer_passes_byte_exact_and_is_a_parse_anomaly(
     sse.extend_from_slice(SSE_END.as_bytes());
     let mut pieces = vec![Piece::Bytes(SSE_HEAD.to_vec()), Piece::Bytes(chunk(&sse))];
     pieces.push(Piece::Bytes(b"0\r\n\r\n".to_vec()));
-    let up = raw_upstream(pieces).await;
-    let t = tap(&up.url()).await;
-    let (s, _, body) = send(
-        &client(),
-        post_json(
-            &format!("{}/v1/chat/completions", t.base()),
-            &chat_body("gpt-4o", "x", true),
-        ),
-    )
-    .await;
+    let (_up, t, (s, _, body)) = chat_via_tap(pieces, true).await;
     assert_eq!(s, 200);
     assert_eq!(&body[..], &sse[..]);
     let r = t.next_record();
@@ -285,16 +285,7 @@ async fn odd_chunk_sizes_and_split_characters_reassemble_to_the_same_answer() {
         n += 1;
     }
     pieces.push(Piece::Bytes(b"0\r\n\r\n".to_vec()));
-    let up = raw_upstream(pieces).await;
-    let t = tap(&up.url()).await;
-    let (s, _, body) = send(
-        &client(),
-        post_json(
-            &format!("{}/v1/chat/completions", t.base()),
-            &chat_body("gpt-4o", "x", true),
-        ),
-    )
-    .await;
+    let (_up, t, (s, _, body)) = chat_via_tap(pieces, true).await;
     assert_eq!(s, 200);
     assert_eq!(&body[..], &sse[..], "the same bytes, whatever the framing");
     let r = t.next_record();
@@ -319,16 +310,7 @@ async fn a_10_mib_single_sse_line_is_forwarded_whole_and_the_capture_stays_cappe
         Piece::Bytes(SSE_END.as_bytes().to_vec()),
         Piece::Bytes(b"\r\n0\r\n\r\n".to_vec()),
     ];
-    let up = raw_upstream(pieces).await;
-    let t = tap(&up.url()).await;
-    let (s, _, body) = send(
-        &client(),
-        post_json(
-            &format!("{}/v1/chat/completions", t.base()),
-            &chat_body("gpt-4o", "x", true),
-        ),
-    )
-    .await;
+    let (_up, t, (s, _, body)) = chat_via_tap(pieces, true).await;
     assert_eq!(s, 200);
     assert_eq!(body.len(), total, "every byte forwarded");
     assert!(body.starts_with(prefix) && body.ends_with(SSE_END.as_bytes()));
@@ -401,16 +383,7 @@ async fn a_1_mib_response_header_from_the_upstream_gives_a_502_not_a_crash() {
     let mut resp = b"HTTP/1.1 200 OK\r\nx-big: ".to_vec();
     resp.extend(std::iter::repeat_n(b'a', 1 << 20));
     resp.extend_from_slice(b"\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}");
-    let up = raw_upstream(vec![Piece::Bytes(resp)]).await;
-    let t = tap(&up.url()).await;
-    let (s, h, _) = send(
-        &client(),
-        post_json(
-            &format!("{}/v1/chat/completions", t.base()),
-            &chat_body("gpt-4o", "x", false),
-        ),
-    )
-    .await;
+    let (_up, t, (s, h, _)) = chat_via_tap(vec![Piece::Bytes(resp)], false).await;
     assert_eq!(s, 502);
     assert_eq!(
         h.get("x-semtap-error").and_then(|v| v.to_str().ok()),
@@ -429,7 +402,6 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gzip_bodies_pass_compressed_and_a_corrupt_or_bomb_body_is_flagged_within_the_cap() {
-    let c = client();
     // A gzip request body: forwarded compressed, byte-exact.
     let answer = chat_answer(b"fine");
     let mut ok = json_head(answer.len(), "");
@@ -459,16 +431,7 @@ async fn gzip_bodies_pass_compressed_and_a_corrupt_or_bomb_body_is_flagged_withi
     let garbage = b"\x1f\x8b\x08\x00this is not deflate data at all".to_vec();
     let mut resp = json_head(garbage.len(), "content-encoding: gzip\r\n");
     resp.extend_from_slice(&garbage);
-    let up = raw_upstream(vec![Piece::Bytes(resp)]).await;
-    let t = tap(&up.url()).await;
-    let (s, _, body) = send(
-        &c,
-        post_json(
-            &format!("{}/v1/chat/completions", t.base()),
-            &chat_body("gpt-4o", "x", false),
-        ),
-    )
-    .await;
+    let (_up, t, (s, _, body)) = chat_via_tap(vec![Piece::Bytes(resp)], false).await;
     assert_eq!(s, 200);
     assert_eq!(&body[..], &garbage[..]);
     let r = t.next_record();
@@ -486,16 +449,7 @@ async fn gzip_bodies_pass_compressed_and_a_corrupt_or_bomb_body_is_flagged_withi
     );
     let mut resp = json_head(bomb.len(), "content-encoding: gzip\r\n");
     resp.extend_from_slice(&bomb);
-    let up = raw_upstream(vec![Piece::Bytes(resp)]).await;
-    let t = tap(&up.url()).await;
-    let (s, _, body) = send(
-        &c,
-        post_json(
-            &format!("{}/v1/chat/completions", t.base()),
-            &chat_body("gpt-4o", "x", false),
-        ),
-    )
-    .await;
+    let (_up, t, (s, _, body)) = chat_via_tap(vec![Piece::Bytes(resp)], false).await;
     assert_eq!(s, 200);
     assert_eq!(&body[..], &bomb[..], "forwarded compressed, byte-exact");
     let r = t.next_record();
