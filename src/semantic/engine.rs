@@ -190,6 +190,13 @@ pub fn key_parts_of(rec: &ExchangeRecord) -> KeyParts {
     }
 }
 
+/// The answer's output tokens: the provider's count, else an estimate from the text.
+pub fn output_tokens(rec: &ExchangeRecord) -> u64 {
+    rec.usage
+        .output_tokens
+        .unwrap_or_else(|| estimate_tokens(&rec.response))
+}
+
 fn is_content_api(api: Api) -> bool {
     matches!(
         api,
@@ -338,10 +345,7 @@ impl Engine {
             put(c, &mut flags);
         }
 
-        let out_tokens = rec
-            .usage
-            .output_tokens
-            .unwrap_or_else(|| estimate_tokens(&rec.response));
+        let out_tokens = output_tokens(rec);
         let log_len = (1.0 + out_tokens as f64).ln();
 
         if !self.keys.contains_key(&key) && self.keys.len() >= self.cfg.max_keys {
@@ -470,7 +474,7 @@ impl Engine {
                 if let (Some(v), true) = (vector.as_deref(), mmd_on) {
                     let refs = st.reference.points.iter().map(|p| p.vector.as_slice());
                     if let Some(t) = st.mmd.push(v, refs, seed_of(&rec.id)) {
-                        if let Some(verdict) = mmd_verdict(&t, st.mmd.tests, &rec.id) {
+                        if let Some(verdict) = mmd_verdict(&t, &rec.id) {
                             let fire = matches!(verdict, Verdict::Fire { .. });
                             if fire || (!st.drift_open && !st.external_drift) {
                                 verdicts.push((IncidentKind::Drift, verdict));
@@ -726,7 +730,7 @@ impl Reference {
 }
 
 /// The incident verdict of an MMD window test, if it changed the monitor's state.
-pub fn mmd_verdict(t: &super::mmd::MmdTest, tests: u64, exchange_id: &str) -> Option<Verdict> {
+pub fn mmd_verdict(t: &super::mmd::MmdTest, exchange_id: &str) -> Option<Verdict> {
     use super::mmd::{CONFIRM, PERMUTATIONS, WINDOW};
     if t.alarm {
         return Some(Verdict::Fire {
@@ -738,8 +742,8 @@ pub fn mmd_verdict(t: &super::mmd::MmdTest, tests: u64, exchange_id: &str) -> Op
                 window: (WINDOW as u64) * u64::from(CONFIRM),
                 example_ids: vec![exchange_id.to_string()],
                 detail: format!(
-                    "{CONFIRM} consecutive windows of {WINDOW} answers each farther from the reference than all {PERMUTATIONS} permutations (p = {:.4}, MMD² {:.3e}, test {tests})",
-                    t.p, t.statistic
+                    "{CONFIRM} consecutive windows of {WINDOW} answers each farther from the reference than all {PERMUTATIONS} permutations (p = {:.4}, MMD² {:.3e}, test {})",
+                    t.p, t.statistic, t.number
                 ),
             },
         });

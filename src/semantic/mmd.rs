@@ -45,6 +45,8 @@ pub struct MmdTest {
     pub alarm: bool,
     /// The monitor left alarm with this window.
     pub clear: bool,
+    /// Windows this monitor has tested, this one included.
+    pub number: u64,
 }
 
 /// A key's MMD drift monitor: fills a window, tests it against the reference, starts over.
@@ -113,6 +115,7 @@ impl MmdMonitor {
             streak: self.streak,
             alarm,
             clear,
+            number: self.tests,
         })
     }
 

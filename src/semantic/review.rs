@@ -22,12 +22,11 @@ use serde::Serialize;
 
 use super::baseline::{dot, RefPoint, Reference};
 use super::conformal::Uniforms;
-use super::engine::{key_of, key_parts_of, mmd_verdict, Analysis, Engine};
+use super::engine::{key_parts_of, mmd_verdict, output_tokens, Analysis, Engine};
 use super::live::{publish_incident, AnalysisSink};
 use super::mmd::MmdMonitor;
 use super::transformer::TransformerEmbedder;
 use crate::metrics::{Counter, Gauge, Histogram, Metrics};
-use crate::pipeline::assemble::estimate_tokens;
 use crate::record::{ExchangeRecord, Outcome};
 
 /// Embeds batches of texts: the transformer, or a stand-in in tests.
@@ -120,6 +119,8 @@ pub struct Review {
 
 struct Job {
     rec: Arc<ExchangeRecord>,
+    /// The baseline key, as the engine computed it.
+    key: String,
     static_flags: Vec<&'static str>,
     sampled: bool,
     queued: Instant,
@@ -197,6 +198,7 @@ impl Reviewer {
         }
         let job = Job {
             rec: rec.clone(),
+            key: analysis.key.clone(),
             static_flags,
             sampled,
             queued: Instant::now(),
@@ -526,13 +528,9 @@ impl Worker {
 
     fn conclude(&mut self, job: Job, answer: &[f32], prompt: Option<&[f32]>) {
         let rec = &job.rec;
-        let key = key_of(rec);
+        let key = job.key;
         let now = rec.ts_ms.max(rec.end_ts_ms);
-        let out_tokens = rec
-            .usage
-            .output_tokens
-            .unwrap_or_else(|| estimate_tokens(&rec.response));
-        let log_len = (1.0 + out_tokens as f64).ln();
+        let log_len = (1.0 + output_tokens(rec) as f64).ln();
         let relevance = prompt.map(|p| f64::from(dot(p, answer)));
         let seed = hash_of(&rec.id);
         let mut u = Uniforms::new(seed ^ 0x7472_616e_7366_6f72);
@@ -577,7 +575,7 @@ impl Worker {
                         kr.reference.absorb(&s);
                     }
                     let refs = kr.reference.points.iter().map(|p| p.vector.as_slice());
-                    mmd_test = kr.mmd.push(answer, refs, seed).map(|t| (t, kr.mmd.tests));
+                    mmd_test = kr.mmd.push(answer, refs, seed);
                 }
             }
         }
@@ -593,21 +591,15 @@ impl Worker {
                 cleared.push(*f);
             }
         }
-        for f in &confirmed {
-            self.metrics
-                .counter(
-                    "semtap.transformer.verdicts",
-                    &[("flag", f), ("verdict", "confirmed")],
-                )
-                .inc();
-        }
-        for f in &cleared {
-            self.metrics
-                .counter(
-                    "semtap.transformer.verdicts",
-                    &[("flag", f), ("verdict", "cleared")],
-                )
-                .inc();
+        for (list, verdict) in [(&confirmed, "confirmed"), (&cleared, "cleared")] {
+            for f in list {
+                self.metrics
+                    .counter(
+                        "semtap.transformer.verdicts",
+                        &[("flag", f), ("verdict", verdict)],
+                    )
+                    .inc();
+            }
         }
         let lag = job.queued.elapsed();
         self.h.lag.record(lag.as_secs_f64());
@@ -627,14 +619,14 @@ impl Worker {
         for s in &self.sinks {
             s.on_review(rec, &review);
         }
-        if let Some((t, tests)) = mmd_test {
+        if let Some(t) = mmd_test {
             self.metrics
                 .gauge(
                     "semtap.transformer.drift_p",
                     &[("semtap.key", key.as_str())],
                 )
                 .set(t.p);
-            if let Some(verdict) = mmd_verdict(&t, tests, &rec.id) {
+            if let Some(verdict) = mmd_verdict(&t, &rec.id) {
                 let parts = key_parts_of(rec);
                 let event = self
                     .engine
