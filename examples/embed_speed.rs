@@ -44,8 +44,9 @@ fn main() -> anyhow::Result<()> {
     let seconds: f64 = arg("--seconds").unwrap_or_else(|| "3".into()).parse()?;
     let forward = match arg("--forward").as_deref().unwrap_or("semtap") {
         "semtap" => Forward::Semtap,
+        "graph" => Forward::SemtapGraph,
         "candle" => Forward::CandleBert,
-        other => anyhow::bail!("--forward must be semtap or candle, not {other}"),
+        other => anyhow::bail!("--forward must be semtap, graph or candle, not {other}"),
     };
     let device = DeviceChoice::parse(&arg("--device").unwrap_or_else(|| "cpu".into()))?;
     let files = resolve("", Some(std::path::Path::new(&dir)))?;

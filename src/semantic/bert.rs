@@ -15,6 +15,8 @@ use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Module, Tensor}
 use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
+use super::bert_cpu::{self, CpuBert};
+
 /// The parts of a BERT `config.json` the forward needs.
 #[derive(Debug, Clone, Deserialize)]
 pub struct BertShape {
@@ -415,6 +417,61 @@ impl BertEncoder {
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
         self.positions.device()
+    }
+
+    /// The same weights as plain arrays for the packed CPU forward ([`CpuBert`]).
+    pub fn to_cpu(&self) -> candle_core::Result<CpuBert> {
+        let flat = |t: &Tensor| t.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>();
+        let norm = |n: &Norm| -> candle_core::Result<bert_cpu::Norm> {
+            Ok(bert_cpu::Norm {
+                weight: flat(&n.weight)?,
+                bias: flat(&n.bias)?,
+                eps: n.eps,
+            })
+        };
+        let linear = |d: &Dense| -> candle_core::Result<bert_cpu::Linear> {
+            let (inp, out) = d.wt.dims2()?;
+            Ok(bert_cpu::Linear {
+                wt: flat(&d.wt)?,
+                bias: flat(&d.bias)?,
+                inp,
+                out,
+            })
+        };
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(bert_cpu::Layer {
+                    act: match l.act {
+                        Act::GeluErf => bert_cpu::Act::GeluErf,
+                        Act::GeluTanh => bert_cpu::Act::GeluTanh,
+                        Act::Relu => bert_cpu::Act::Relu,
+                    },
+                    qkv: linear(&l.qkv)?,
+                    attn_out: linear(&l.attn_out)?,
+                    attn_norm: norm(&l.attn_norm)?,
+                    up: linear(&l.up)?,
+                    down: linear(&l.down)?,
+                    out_norm: norm(&l.out_norm)?,
+                })
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let (vocab, _) = self.words.embeddings().dims2()?;
+        let (type_vocab, _) = self.types.embeddings().dims2()?;
+        let (max_positions, _) = self.positions.dims2()?;
+        Ok(CpuBert {
+            hidden: self.hidden,
+            heads: self.heads,
+            vocab,
+            type_vocab,
+            max_positions,
+            words: flat(self.words.embeddings())?,
+            positions: flat(&self.positions)?,
+            types: flat(self.types.embeddings())?,
+            norm: norm(&self.norm)?,
+            layers,
+        })
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod baseline;
 pub mod bert;
+pub mod bert_cpu;
 pub mod checks;
 pub mod conformal;
 pub mod engine;

@@ -15,6 +15,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig, DTYPE};
 
 use super::bert::{BertEncoder, BertShape};
+use super::bert_cpu::{mean_pool, CpuBert, Seq};
 use tokenizers::{
     PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationDirection,
     TruncationParams, TruncationStrategy,
@@ -188,14 +189,19 @@ fn cap_text(text: &str, max_tokens: usize) -> &str {
 /// Which forward pass runs the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forward {
-    /// semtap's own encoder (`bert.rs`): fused QKV, fused softmax, no mask on unpadded batches.
+    /// semtap's own: on the CPU the packed forward (`bert_cpu.rs`: no padding, fused attention
+    /// per sequence and head); on a GPU the tensor graph of `bert.rs`.
     Semtap,
+    /// `bert.rs`'s tensor graph on any device (fused QKV, fused softmax, masked padding): the
+    /// GPU path, selectable on the CPU so tests and benchmarks can compare it.
+    SemtapGraph,
     /// candle-transformers' `BertModel`, kept as the reference the own one is tested and
     /// benchmarked against.
     CandleBert,
 }
 
 enum Encoder {
+    Cpu(CpuBert),
     Semtap(BertEncoder),
     Candle(BertModel),
 }
@@ -212,6 +218,7 @@ impl Encoder {
         match self {
             Encoder::Semtap(m) => m.forward(ids, types, mask, padded),
             Encoder::Candle(m) => m.forward(ids, types, Some(mask)),
+            Encoder::Cpu(_) => candle_core::bail!("the packed CPU forward takes no tensors"),
         }
     }
 }
@@ -297,14 +304,18 @@ impl TransformerEmbedder {
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&files.weights], DTYPE, &device) }
             .map_err(|e| EmbedError::Model(format!("{}: {e}", files.weights.display())))?;
         let model = match forward {
-            Forward::Semtap => {
+            Forward::Semtap | Forward::SemtapGraph => {
                 let shape: BertShape = serde_json::from_slice(&raw)
                     .map_err(|e| EmbedError::Model(format!("{}: {e}", files.config.display())))?;
-                Encoder::Semtap(
-                    BertEncoder::load(vb, &shape).map_err(|e| {
-                        EmbedError::Model(format!("{}: {e}", files.weights.display()))
-                    })?,
-                )
+                let weights_err = |e: candle_core::Error| {
+                    EmbedError::Model(format!("{}: {e}", files.weights.display()))
+                };
+                let graph = BertEncoder::load(vb, &shape).map_err(weights_err)?;
+                if forward == Forward::Semtap && device.is_cpu() {
+                    Encoder::Cpu(graph.to_cpu().map_err(weights_err)?)
+                } else {
+                    Encoder::Semtap(graph)
+                }
             }
             Forward::CandleBert => Encoder::Candle(
                 BertModel::load(vb, &config)
@@ -394,6 +405,31 @@ impl TransformerEmbedder {
                 }
                 continue;
             }
+            if let Encoder::Cpu(m) = &self.model {
+                let mut seqs = Vec::with_capacity(chunk.len());
+                for &i in chunk {
+                    let (ids, types) = (encs[i].get_ids(), encs[i].get_type_ids());
+                    match (ids.get(..lens[i]), types.get(..lens[i])) {
+                        (Some(ids), Some(types)) => seqs.push(Seq { ids, types }),
+                        _ => {
+                            return Err(EmbedError::Tokenizer(
+                                "encoding shorter than its attention mask".into(),
+                            ))
+                        }
+                    }
+                }
+                let chunk_lens: Vec<usize> = chunk.iter().map(|&i| lens[i]).collect();
+                let states = m
+                    .forward(&seqs)
+                    .map_err(|e| EmbedError::Model(e.to_string()))?;
+                for (&i, row) in chunk
+                    .iter()
+                    .zip(mean_pool(&states, &chunk_lens, self.hidden))
+                {
+                    out[i] = row;
+                }
+                continue;
+            }
             let b = chunk.len();
             let mut ids = Vec::with_capacity(b * width);
             let mut types = Vec::with_capacity(b * width);
@@ -474,6 +510,24 @@ impl TokenEncoder for TransformerEmbedder {
             if width == 0 {
                 continue;
             }
+            if let Encoder::Cpu(m) = &self.model {
+                let zeros = vec![0u32; width];
+                let seqs: Vec<Seq> = chunk
+                    .iter()
+                    .map(|&i| Seq {
+                        ids: &batch[i],
+                        types: &zeros[..batch[i].len()],
+                    })
+                    .collect();
+                let states = m
+                    .forward(&seqs)
+                    .map_err(|e| EmbedError::Input(e.to_string()))?;
+                let mut rows = states.chunks_exact(self.hidden).map(<[f32]>::to_vec);
+                for &i in chunk {
+                    out[i] = rows.by_ref().take(batch[i].len()).collect();
+                }
+                continue;
+            }
             let b = chunk.len();
             let mut ids = Vec::with_capacity(b * width);
             let mut mask = Vec::with_capacity(b * width);
@@ -528,52 +582,57 @@ mod tests {
         a.iter().map(|x| x * x).sum::<f32>().sqrt()
     }
 
+    fn max_diff(x: &[f32], y: &[f32]) -> f32 {
+        x.iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max)
+    }
+
+    /// Both of semtap's forwards (packed CPU and tensor graph) against candle's BertModel.
     #[test]
-    fn own_forward_matches_candle_bert_on_padded_and_unpadded_batches() {
+    fn own_forwards_match_candle_bert_on_padded_and_unpadded_batches() {
         let dir = tempfile::tempdir().unwrap();
         let files = write_tiny_bert(dir.path(), 11).unwrap();
-        let ours =
-            TransformerEmbedder::load(&files, DeviceChoice::Cpu, DEFAULT_MAX_TOKENS).unwrap();
-        let theirs = TransformerEmbedder::load_with(
-            &files,
-            DeviceChoice::Cpu,
-            DEFAULT_MAX_TOKENS,
-            Forward::CandleBert,
-        )
-        .unwrap();
+        let load = |f| {
+            TransformerEmbedder::load_with(&files, DeviceChoice::Cpu, DEFAULT_MAX_TOKENS, f)
+                .unwrap()
+        };
+        let theirs = load(Forward::CandleBert);
         let texts = [
             "the cat sat",
             "a much longer text about the cat that sat on the mat near the door",
             "mat",
             "the cat sat",
         ];
-        // One batch of mixed lengths (padded) and each text alone (unpadded).
-        let a = ours.embed(&texts).unwrap();
-        let b = theirs.embed(&texts).unwrap();
-        for (x, y) in a.iter().zip(&b) {
-            assert!(cos(x, y) > 0.99999, "cos {}", cos(x, y));
-            let diff = x
-                .iter()
-                .zip(y)
-                .map(|(p, q)| (p - q).abs())
-                .fold(0f32, f32::max);
-            assert!(diff < 1e-4, "max abs diff {diff}");
-        }
-        for t in texts {
-            let x = ours.embed(&[t]).unwrap();
-            let y = theirs.embed(&[t]).unwrap();
-            assert!(cos(&x[0], &y[0]) > 0.99999);
-        }
         let seqs = vec![vec![1u32, 5, 6, 7, 2], vec![1, 9, 2]];
-        let sa = ours.token_states(&seqs).unwrap();
-        let sb = theirs.token_states(&seqs).unwrap();
-        for (x, y) in sa.iter().flatten().zip(sb.iter().flatten()) {
-            let diff = x
-                .iter()
-                .zip(y)
-                .map(|(p, q)| (p - q).abs())
-                .fold(0f32, f32::max);
-            assert!(diff < 1e-4, "token state diff {diff}");
+        for forward in [Forward::Semtap, Forward::SemtapGraph] {
+            let ours = load(forward);
+            // One batch of mixed lengths (padded) and each text alone (unpadded).
+            let a = ours.embed(&texts).unwrap();
+            let b = theirs.embed(&texts).unwrap();
+            for (x, y) in a.iter().zip(&b) {
+                assert!(cos(x, y) > 0.99999, "{forward:?}: cos {}", cos(x, y));
+                assert!(
+                    max_diff(x, y) < 1e-4,
+                    "{forward:?}: diff {}",
+                    max_diff(x, y)
+                );
+            }
+            for t in texts {
+                let x = ours.embed(&[t]).unwrap();
+                let y = theirs.embed(&[t]).unwrap();
+                assert!(cos(&x[0], &y[0]) > 0.99999, "{forward:?}");
+            }
+            let sa = ours.token_states(&seqs).unwrap();
+            let sb = theirs.token_states(&seqs).unwrap();
+            assert_eq!(sa.len(), sb.len());
+            for (x, y) in sa.iter().zip(&sb) {
+                assert_eq!(x.len(), y.len(), "{forward:?}: one state per token");
+                for (p, q) in x.iter().zip(y) {
+                    assert!(max_diff(p, q) < 1e-4, "{forward:?}: {}", max_diff(p, q));
+                }
+            }
         }
     }
 
