@@ -4,8 +4,8 @@
 For each cell (16/64/256 tokens x batch 1/8/32) it builds texts of exactly that many tokens
 (as the model sees them, [CLS]/[SEP] included) from real prose (the Python standard library's
 own documentation, pydoc_data), then measures, one right after the other on the same texts:
-PyTorch at 2 threads, semtap's own forward, and candle-transformers' BertModel (the forward
-semtap used before). Ratios are taken within a cell, so machine load affects both sides.
+PyTorch at 2 threads, semtap's own forward (the packed CPU forward), semtap's tensor-graph
+forward (its GPU path, run on the CPU), and candle-transformers' BertModel. Ratios are taken within a cell, so machine load affects both sides.
 
 usage: python3 scripts/bench_embed.py [--seconds S] [--model-dir DIR] [--bin PATH]
   (build first: cargo build --release --example embed_speed)
@@ -68,6 +68,29 @@ def torch_rate(model, texts, batch, seconds):
     return windows[len(windows) // 2]
 
 
+def flops_per_text(tokens, layers=6, hidden=384, inter=1536):
+    """Multiply-adds x2 of one forward over a text of `tokens` tokens (linear layers plus the
+    two attention matmuls); embeddings, norms and activations are negligible."""
+    linear = 2 * tokens * layers * (hidden * 3 * hidden + hidden * hidden + 2 * hidden * inter)
+    attention = 2 * 2 * layers * tokens * tokens * hidden
+    return linear + attention
+
+
+def matmul_peak(seconds=3.0, n=1536):
+    """The machine's f32 matmul rate right now (PyTorch's BLAS, 2 threads, large squares):
+    the ceiling each row is read against."""
+    a = torch.randn(n, n)
+    b = torch.randn(n, n)
+    torch.mm(a, b)
+    best = 0.0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - t0))
+    return best / 1e9
+
+
 def rust_rate(binary, model_dir, path, batch, forward, seconds):
     out = subprocess.run(
         [binary, "--model-dir", model_dir, "--texts", path, "--batch", str(batch),
@@ -91,8 +114,11 @@ def main():
     tok = model.tokenizer
     words = prose_words()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; texts from pydoc_data", flush=True)
-    print("| tokens | batch | PyTorch /s | semtap /s | candle BertModel /s | semtap / PyTorch | semtap / BertModel | semtap peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|")
+    peak = matmul_peak()
+    print(f"matmul peak (torch.mm 1536^2, 2 threads, best of {3}s): {peak:.0f} GFLOP/s", flush=True)
+    print("| tokens | batch | PyTorch /s | semtap /s | semtap graph /s | candle BertModel /s "
+          "| semtap / PyTorch | semtap / BertModel | semtap GFLOP/s (% of peak) | PyTorch GFLOP/s | semtap peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for tokens in [int(x) for x in a.tokens.split(",")]:
         texts = texts_of(tok, words, tokens, 32)
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
@@ -101,9 +127,13 @@ def main():
         for batch in [int(x) for x in a.batches.split(",")]:
             pt = torch_rate(model, texts, batch, a.seconds)
             ours = rust_rate(a.bin, a.model_dir, path, batch, "semtap", a.seconds)
+            graph = rust_rate(a.bin, a.model_dir, path, batch, "graph", a.seconds)
             theirs = rust_rate(a.bin, a.model_dir, path, batch, "candle", a.seconds)
-            print(f"| {tokens} | {batch} | {pt:.1f} | {ours['per_s']:.1f} | {theirs['per_s']:.1f} | "
-                  f"{ours['per_s'] / pt:.2f} | {ours['per_s'] / theirs['per_s']:.2f} | {ours['peak_rss_kb'] / 1024:.0f} |",
+            f = flops_per_text(tokens) / 1e9
+            print(f"| {tokens} | {batch} | {pt:.1f} | {ours['per_s']:.1f} | {graph['per_s']:.1f} | {theirs['per_s']:.1f} | "
+                  f"{ours['per_s'] / pt:.2f} | {ours['per_s'] / theirs['per_s']:.2f} | "
+                  f"{ours['per_s'] * f:.0f} ({100 * ours['per_s'] * f / peak:.0f}%) | {pt * f:.0f} | "
+                  f"{ours['peak_rss_kb'] / 1024:.0f} |",
                   flush=True)
         os.unlink(path)
 

@@ -25,9 +25,9 @@ use super::model::ModelFiles;
 
 /// Token budget per text, as sentence-transformers uses for all-MiniLM-L6-v2.
 pub const DEFAULT_MAX_TOKENS: usize = 256;
-/// Padded tokens per forward pass at most (batch × longest text): beyond it the attention
-/// scores ([b, heads, t, t]) fall out of cache and memory grows with no gain in speed
-/// (BENCHMARKS.md: at 256 tokens batch 8 was no faster than batch 1, batch 32 peaked at 459 MB).
+/// Tokens per forward pass at most (batch × longest text). On a GPU (the tensor graph) the
+/// attention scores [b, heads, t, t] grow with it; on the CPU (packed forward) the buffers are
+/// ~15 KB per token, so 2048 keeps a forward near 30 MB with no loss of speed (BENCHMARKS.md).
 pub const MAX_BATCH_TOKENS: usize = 2048;
 
 /// Splits texts sorted longest first (`lens`) into consecutive batches of at most `max_batch`
