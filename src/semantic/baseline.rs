@@ -7,12 +7,19 @@
 use serde::{Deserialize, Serialize};
 
 use super::conformal::p_value;
+use super::lexical;
 
 /// Nearest neighbours in the kNN outlier score.
 pub const K: usize = 10;
 
 /// Weight of the length term next to the kNN term in the outlier nonconformity.
 const LENGTH_WEIGHT: f64 = 0.5;
+/// Weight of the lexical profile's robust z-score (`lexical.rs`) against the embedding and
+/// length term in the outlier nonconformity (the larger of the two counts). Chosen on
+/// docs/EVALUATION.md's anomaly stream: 0.5 raised the outlier AUROC on error text
+/// 0.87 → 0.94, garbled 0.77 → 0.90, truncated 0.74 → 0.85 while costing refusals, loops and
+/// non-English (which have their own flags or stay ≥ 0.95) at most 0.03; 1.0 cost more.
+const LEXICAL_WEIGHT: f64 = 0.5;
 
 /// One reference answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -25,6 +32,10 @@ pub struct RefPoint {
     /// cos(prompt, answer), when both were embedded.
     #[serde(default)]
     pub relevance: Option<f64>,
+    /// The answer's lexical profile ([`lexical::profile`]); empty in state files written
+    /// before it existed (the outlier score then leaves it out for that key).
+    #[serde(default)]
+    pub lexical: Vec<f32>,
 }
 
 /// The reference set and the sorted statistics derived from it.
@@ -46,11 +57,23 @@ pub struct Reference {
     stats: Option<Stats>,
 }
 
+/// Scores absorbed after warm-up. Two calibrations, because they answer different questions:
+/// the flags ask "is this answer unusual next to the key's normal answers", so only answers
+/// with no independent sign of trouble join theirs (no cheap flag, not cut by max tokens:
+/// otherwise a burst of anomalies calibrates itself away — docs/EVALUATION.md); the drift
+/// martingale needs p-values that are exactly uniform while nothing changes, so every scored
+/// answer joins its own set. Neither excludes answers by their own p-value: that feeds back
+/// (a thinner tail flags more, which thins it further) and was measured at 2–3× the designed
+/// false-flag rate and 60 false drift incidents per 100k.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Absorbed {
     outlier: Vec<f64>,
     length: Vec<f64>,
     relevance: Vec<f64>,
+    /// Every scored answer's outlier (or, without vectors, length) nonconformity: the drift
+    /// calibration.
+    #[serde(default)]
+    drift: Vec<f64>,
 }
 
 /// Most scores in each calibration set; beyond it new scores are no longer added.
@@ -62,9 +85,18 @@ struct Stats {
     knn_mad: f64,
     len_median: f64,
     len_mad: f64,
+    /// Per-feature medians and floored MADs of the lexical profiles; empty when the points
+    /// carry none.
+    lex_median: Vec<f64>,
+    lex_spread: Vec<f64>,
+    /// Median and MAD of the reference answers' own lexical distances.
+    lexd_median: f64,
+    lexd_mad: f64,
     outlier_sorted: Vec<f64>,
     len_sorted: Vec<f64>,
     relevance_sorted: Vec<f64>,
+    /// The drift calibration: the reference's own values plus every absorbed answer's.
+    drift_sorted: Vec<f64>,
 }
 
 /// Scores of one answer against a ready reference.
@@ -78,6 +110,9 @@ pub struct RefScores {
     pub relevance_p: Option<f64>,
     /// Mean cosine distance to the k nearest reference answers.
     pub knn_distance: Option<f64>,
+    /// The p-value the drift martingale takes: the outlier (or, without vectors, the length)
+    /// nonconformity against the calibration of every answer seen (see `Absorbed`).
+    pub drift_p: f64,
     outlier_nc: Option<f64>,
     length_nc: f64,
     relevance_nc: Option<f64>,
@@ -132,17 +167,49 @@ impl Reference {
         let lens: Vec<f64> = self.points.iter().map(|p| p.log_len).collect();
         let (knn_median, knn_mad) = median_mad(&knn);
         let (len_median, len_mad) = median_mad(&lens);
+        let has_lexical = self
+            .points
+            .iter()
+            .all(|p| p.lexical.len() == lexical::FEATURES);
+        let (lex_median, lex_spread) = if has_lexical && n > 0 {
+            (0..lexical::FEATURES)
+                .map(|f| {
+                    let col: Vec<f64> = self
+                        .points
+                        .iter()
+                        .map(|p| f64::from(p.lexical[f]))
+                        .collect();
+                    let (m, mad) = median_mad(&col);
+                    (m, mad.max(lexical::FLOORS[f]))
+                })
+                .unzip()
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let lex_d: Vec<f64> = if lex_median.is_empty() {
+            Vec::new()
+        } else {
+            self.points
+                .iter()
+                .map(|p| lexical::distance(&p.lexical, &lex_median, &lex_spread))
+                .collect()
+        };
+        let (lexd_median, lexd_mad) = median_mad(&lex_d);
         let mut stats = Stats {
             knn_median,
             knn_mad,
             len_median,
             len_mad,
+            lex_median,
+            lex_spread,
+            lexd_median,
+            lexd_mad,
             ..Default::default()
         };
         let mut outlier: Vec<f64> = if has_vectors {
             knn.iter()
-                .zip(&lens)
-                .map(|(&d, &l)| outlier_nonconformity(d, l, &stats))
+                .zip(&self.points)
+                .map(|(&d, p)| outlier_nonconformity(d, p.log_len, &p.lexical, &stats))
                 .collect()
         } else {
             Vec::new()
@@ -153,6 +220,14 @@ impl Reference {
             .map(|&l| (l - len_median).abs() / len_mad)
             .collect();
         len_sorted.sort_by(f64::total_cmp);
+        // The drift statistic: outlier where there are vectors, length otherwise.
+        let mut drift = if outlier.is_empty() {
+            len_sorted.clone()
+        } else {
+            outlier.clone()
+        };
+        drift.extend_from_slice(&self.absorbed.drift);
+        drift.sort_by(f64::total_cmp);
         let mut rel: Vec<f64> = self
             .points
             .iter()
@@ -173,15 +248,32 @@ impl Reference {
         stats.outlier_sorted = outlier;
         stats.len_sorted = len_sorted;
         stats.relevance_sorted = rel;
+        stats.drift_sorted = drift;
         self.stats = Some(stats);
     }
 
-    /// Adds a scored answer's values to the calibration sets (call after [`Reference::score`],
-    /// for every scored answer, flagged or not, while no drift is suspected).
-    pub fn absorb(&mut self, s: &RefScores) {
+    /// Adds a scored answer's values to the calibration sets (call after [`Reference::score`]
+    /// for every scored answer while no drift is suspected). `clean`: no independent sign of
+    /// trouble (no cheap flag, not cut); only clean answers calibrate the flags, every answer
+    /// calibrates drift.
+    pub fn absorb(&mut self, s: &RefScores, clean: bool) {
         let Some(st) = self.stats.as_mut() else {
             return;
         };
+        let drift_nc = if st.outlier_sorted.is_empty() {
+            Some(s.length_nc)
+        } else {
+            s.outlier_nc
+        };
+        if let Some(x) = drift_nc {
+            if st.drift_sorted.len() < CALIBRATION_CAP {
+                super::conformal::insert_sorted(&mut st.drift_sorted, x);
+                self.absorbed.drift.push(x);
+            }
+        }
+        if !clean {
+            return;
+        }
         if st.len_sorted.len() < CALIBRATION_CAP {
             super::conformal::insert_sorted(&mut st.len_sorted, s.length_nc);
             self.absorbed.length.push(s.length_nc);
@@ -201,10 +293,12 @@ impl Reference {
     }
 
     /// Scores an answer. `None` until the reference is ready.
+    /// `lexical` is the answer's [`lexical::profile`].
     pub fn score(
         &self,
         vector: Option<&[f32]>,
         log_len: f64,
+        lexical: &[f32],
         relevance: Option<f64>,
         u: f64,
     ) -> Option<RefScores> {
@@ -214,10 +308,16 @@ impl Reference {
         let (outlier_p, knn, outlier_nc) = match vector {
             Some(v) if !v.is_empty() && !s.outlier_sorted.is_empty() => {
                 let d = knn_distance(v, self.points.iter().map(|p| p.vector.as_slice()));
-                let nc = outlier_nonconformity(d, log_len, s);
+                let nc = outlier_nonconformity(d, log_len, lexical, s);
                 (Some(p_value(&s.outlier_sorted, nc, u)), Some(d), Some(nc))
             }
             _ => (None, None, None),
+        };
+        let drift_p = match outlier_nc {
+            Some(nc) => p_value(&s.drift_sorted, nc, u),
+            None if s.outlier_sorted.is_empty() => p_value(&s.drift_sorted, len_nc, u),
+            // Vectors in the reference but none for this answer: no drift evidence either way.
+            None => u,
         };
         let (relevance_p, relevance_nc) = match relevance {
             Some(r) if s.relevance_sorted.len() >= K => {
@@ -230,6 +330,7 @@ impl Reference {
             length_p,
             relevance_p,
             knn_distance: knn,
+            drift_p,
             outlier_nc,
             length_nc: len_nc,
             relevance_nc,
@@ -237,10 +338,18 @@ impl Reference {
     }
 }
 
-fn outlier_nonconformity(knn: f64, log_len: f64, s: &Stats) -> f64 {
+/// kNN distance and length (summed), or the lexical profile, whichever is further out; each in
+/// units of the reference's own spread.
+fn outlier_nonconformity(knn: f64, log_len: f64, lex: &[f32], s: &Stats) -> f64 {
     let zk = (knn - s.knn_median) / s.knn_mad;
     let zl = (log_len - s.len_median).abs() / s.len_mad;
-    zk + LENGTH_WEIGHT * zl
+    let base = zk + LENGTH_WEIGHT * zl;
+    if s.lex_median.is_empty() || lex.len() != s.lex_median.len() {
+        return base;
+    }
+    let d = lexical::distance(lex, &s.lex_median, &s.lex_spread);
+    let zx = (d - s.lexd_median) / s.lexd_mad;
+    base.max(LEXICAL_WEIGHT * zx)
 }
 
 /// Median and (scaled, floored) median absolute deviation.
@@ -325,6 +434,7 @@ mod tests {
                 vector: around(&center, &mut u, 0.8),
                 log_len: 5.0 + u.next_f64(),
                 relevance: Some(0.5),
+                lexical: Vec::new(),
             });
         }
         assert!(r.is_ready());
@@ -332,7 +442,7 @@ mod tests {
         for _ in 0..1000 {
             let v = around(&center, &mut u, 0.8);
             let s = r
-                .score(Some(&v), 5.0 + u.next_f64(), Some(0.5), u.next_f64())
+                .score(Some(&v), 5.0 + u.next_f64(), &[], Some(0.5), u.next_f64())
                 .map(|s| s.outlier_p.unwrap_or(1.0))
                 .unwrap_or(1.0);
             if s <= 0.01 {
@@ -345,11 +455,93 @@ mod tests {
         );
         let far: Vec<f32> = unit((0..16).map(|i| (i as f32 * 2.3).cos()).collect());
         let s = r
-            .score(Some(&far), 5.5, Some(0.5), 0.5)
+            .score(Some(&far), 5.5, &[], Some(0.5), 0.5)
             .and_then(|s| s.outlier_p);
         assert!(s.is_some_and(|p| p <= 0.01), "{s:?}");
-        let s = r.score(Some(&around(&center, &mut u, 0.8)), 1.0, Some(-0.9), 0.5);
+        let s = r.score(
+            Some(&around(&center, &mut u, 0.8)),
+            1.0,
+            &[],
+            Some(-0.9),
+            0.5,
+        );
         assert!(s.is_some_and(|s| s.length_p <= 0.01 && s.relevance_p.is_some_and(|p| p <= 0.01)));
+    }
+
+    /// An answer whose embedding and length are ordinary but whose text is not (a traceback,
+    /// a cut sentence) is an outlier by its lexical profile.
+    #[test]
+    fn lexical_profile_makes_ordinary_looking_vectors_with_odd_text_outliers() {
+        let mut u = Uniforms::new(9);
+        let center: Vec<f32> = (0..16).map(|i| (i as f32).cos()).collect();
+        let prose = [
+            "The json module encodes Python objects as JSON text and decodes them again.",
+            "Use dumps() for a string and dump() for a file; both take indent and sort_keys.",
+            "A decoder turns JSON text back into dictionaries, lists, strings and numbers.",
+            "The shutil module copies, moves and removes whole trees of files and folders.",
+        ];
+        let mut r = Reference::new(200, 0);
+        for i in 0..200 {
+            r.learn(RefPoint {
+                vector: around(&center, &mut u, 0.8),
+                log_len: 3.0,
+                relevance: None,
+                lexical: crate::semantic::lexical::profile(prose[i % prose.len()]).to_vec(),
+            });
+        }
+        let p_of = |text: &str, u: &mut Uniforms| {
+            let lex = crate::semantic::lexical::profile(text);
+            r.score(Some(&around(&center, u, 0.8)), 3.0, &lex, None, 0.5)
+                .and_then(|s| s.outlier_p)
+                .unwrap_or(1.0)
+        };
+        assert!(p_of(prose[1], &mut u) > 0.05);
+        let trace = "Traceback (most recent call last):\n  File \"x.py\", line 3, in <module>\n\
+                     KeyError: 'name'";
+        assert!(p_of(trace, &mut u) <= 0.01, "{}", p_of(trace, &mut u));
+        assert!(p_of("Use dumps() for a string and dump() for a fi", &mut u) <= 0.01);
+    }
+
+    /// Absorbing every clean answer, whatever its own p-value, keeps the flags at their
+    /// designed rate and the drift p-values uniform on stationary data (excluding answers by
+    /// their own p-value thinned the tail and fed back: 2-3x the rate, EVALUATION.md).
+    #[test]
+    fn absorbing_stationary_answers_keeps_flag_rate_and_drift_p_values_calibrated() {
+        let mut u = Uniforms::new(21);
+        let center: Vec<f32> = (0..16).map(|i| (i as f32 * 0.7).sin()).collect();
+        let mut r = Reference::new(200, 0);
+        for _ in 0..200 {
+            r.learn(RefPoint {
+                vector: around(&center, &mut u, 0.8),
+                log_len: 5.0 + u.next_f64(),
+                relevance: None,
+                lexical: Vec::new(),
+            });
+        }
+        let n = 4000;
+        let (mut flagged, mut drift_small) = (0, 0);
+        for _ in 0..n {
+            let v = around(&center, &mut u, 0.8);
+            let s = r
+                .score(Some(&v), 5.0 + u.next_f64(), &[], None, u.next_f64())
+                .expect("ready");
+            if s.outlier_p.is_some_and(|p| p <= 0.005) {
+                flagged += 1;
+            }
+            if s.drift_p <= 0.05 {
+                drift_small += 1;
+            }
+            r.absorb(&s, true);
+        }
+        // Expected 20 flags (0.5%) and 200 drift p-values ≤ 0.05; bounds are ~3 sigma.
+        assert!(
+            flagged <= 36,
+            "outlier flags on stationary answers: {flagged} of {n}"
+        );
+        assert!(
+            (160..=245).contains(&drift_small),
+            "drift p ≤ 0.05: {drift_small} of {n}"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use super::conformal::{ShiryaevRoberts, Uniforms};
 use super::incidents::{
     Evidence, IncidentBook, IncidentEvent, IncidentKind, KeyParts, Severity, Verdict,
 };
+use super::lexical;
 use super::mmd::MmdMonitor;
 use super::monitors::{ModelMonitor, RateMonitor, RateSettings, ValueMonitor};
 use super::TextEmbedder;
@@ -375,22 +376,16 @@ impl Engine {
 
         let mut outlier_fired = false;
         if content && ok && rec.outcome == Outcome::Complete && !blank {
-            if let Some(s) = st
-                .reference
-                .score(vector.as_deref(), log_len, relevance, u.next_f64())
+            let lex = lexical::profile(&rec.response);
+            if let Some(s) =
+                st.reference
+                    .score(vector.as_deref(), log_len, &lex, relevance, u.next_f64())
             {
-                // Only answers that look normal join the calibration sets: absorbing anomalies
-                // (a cheap flag, cut by max tokens, or itself past alpha) widens the sets until
-                // a burst of them scores as normal (docs/EVALUATION.md measured it: with 9%
-                // anomalies the outlier flag caught 28% of non-English answers, 73% at 1.8%).
-                // Leaving out the alpha tail changes later p-values by a factor of (1 - alpha).
-                let looks_normal = !any_cheap
-                    && rec.finish_reasons.iter().all(|f| f != "length")
-                    && s.length_p > alpha
-                    && s.outlier_p.is_none_or(|p| p > alpha)
-                    && s.relevance_p.is_none_or(|p| p > alpha);
-                if !st.drift_open && looks_normal {
-                    st.reference.absorb(&s);
+                // Every scored answer calibrates the drift test; only answers with no
+                // independent sign of trouble calibrate the flags (baseline.rs, `Absorbed`).
+                let clean = !any_cheap && rec.finish_reasons.iter().all(|f| f != "length");
+                if !st.drift_open {
+                    st.reference.absorb(&s, clean);
                 }
                 put(
                     CheckScore {
@@ -422,7 +417,7 @@ impl Engine {
                     );
                 }
                 // Drift: the stream of p-values stops looking uniform.
-                let p = s.outlier_p.unwrap_or(s.length_p);
+                let p = s.drift_p;
                 let r = st.drift.update(p);
                 st.recent_p.push_back(p);
                 while st.recent_p.len() > 50 {
@@ -487,6 +482,7 @@ impl Engine {
                     vector: vector.clone().unwrap_or_default(),
                     log_len,
                     relevance,
+                    lexical: lex.to_vec(),
                 });
             }
         }

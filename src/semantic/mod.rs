@@ -8,6 +8,7 @@ pub mod checks;
 pub mod conformal;
 pub mod engine;
 pub mod incidents;
+pub mod lexical;
 pub mod mmd;
 pub mod model;
 pub mod monitors;

@@ -23,6 +23,7 @@ use serde::Serialize;
 use super::baseline::{dot, RefPoint, Reference};
 use super::conformal::Uniforms;
 use super::engine::{key_parts_of, mmd_verdict, output_tokens, Analysis, Engine};
+use super::lexical;
 use super::live::{publish_incident, AnalysisSink};
 use super::mmd::MmdMonitor;
 use super::transformer::TransformerEmbedder;
@@ -531,6 +532,7 @@ impl Worker {
         let key = job.key;
         let now = rec.ts_ms.max(rec.end_ts_ms);
         let log_len = (1.0 + output_tokens(rec) as f64).ln();
+        let lex = lexical::profile(&rec.response);
         let relevance = prompt.map(|p| f64::from(dot(p, answer)));
         let seed = hash_of(&rec.id);
         let mut u = Uniforms::new(seed ^ 0x7472_616e_7366_6f72);
@@ -552,11 +554,12 @@ impl Worker {
                         vector: answer.to_vec(),
                         log_len,
                         relevance,
+                        lexical: lex.to_vec(),
                     });
                 }
             } else if let Some(s) =
                 kr.reference
-                    .score(Some(answer), log_len, relevance, u.next_f64())
+                    .score(Some(answer), log_len, &lex, relevance, u.next_f64())
             {
                 let alpha = self.cfg.alpha;
                 for (name, p) in [("outlier", s.outlier_p), ("off_topic", s.relevance_p)] {
@@ -570,9 +573,10 @@ impl Worker {
                 // Only the uniform sample calibrates and feeds the drift test: flagged answers
                 // are not a sample of the traffic.
                 if job.sampled {
-                    // Only normal-looking answers calibrate (see the engine's absorb).
-                    if !kr.mmd.open && job.static_flags.is_empty() && flags.is_empty() {
-                        kr.reference.absorb(&s);
+                    // Calibration as in the engine (baseline.rs, `Absorbed`): the cheap tier's
+                    // flags are the independent evidence; the answer's own p-values are not.
+                    if !kr.mmd.open {
+                        kr.reference.absorb(&s, job.static_flags.is_empty());
                     }
                     let refs = kr.reference.points.iter().map(|p| p.vector.as_slice());
                     mmd_test = kr.mmd.push(answer, refs, seed);

@@ -1,0 +1,204 @@
+//! A text's lexical profile: a few character- and word-level rates that say what kind of text
+//! an answer is, independent of what it is about. The outlier score measures an answer's
+//! profile against its key's reference beside the embedding distance, because embeddings
+//! (static or transformer) rate many broken answers as ordinary: a traceback, a mid-sentence
+//! cut, a token soup or a loop sits close to normal prose in embedding space but far from it
+//! here (docs/EVALUATION.md measured both).
+//!
+//! Computing a profile is one bounded pass: at most [`SCAN_BYTES`] of the text are read (plus
+//! its last characters for the ending), so a 10 MB answer costs the same as a 16 KB one.
+
+/// Bytes of an answer the profile reads.
+pub const SCAN_BYTES: usize = 16 * 1024;
+/// Words whose distinctness is counted.
+const SCAN_WORDS: usize = 1000;
+
+/// Number of features in a profile.
+pub const FEATURES: usize = 9;
+
+/// Per-feature floor of the spread a reference may report: a feature that is constant on a
+/// key's normal answers (say, every answer ends with a full stop) must still not turn a tiny
+/// difference into an infinite distance.
+pub const FLOORS: [f64; FEATURES] = [0.02, 0.01, 0.01, 0.02, 0.005, 0.2, 0.03, 0.1, 0.1];
+
+/// The profile of `text`:
+/// 0 letters, 1 digits, 2 ASCII punctuation (each a share of non-space characters),
+/// 3 upper case (share of letters), 4 non-ASCII (share of characters, U+FFFD and control
+/// characters count double), 5 mean word length (characters, capped at 20), 6 distinct words
+/// (share of the first 1000 words), 7 line breaks per 100 characters, 8 whether the text ends
+/// like finished prose or code (1) or mid-sentence (0).
+pub fn profile(text: &str) -> [f32; FEATURES] {
+    let head = floor_char_boundary(text, SCAN_BYTES);
+    let mut chars = 0usize;
+    let mut non_space = 0usize;
+    let (mut letters, mut digits, mut punct, mut upper, mut foreign, mut newlines) =
+        (0usize, 0usize, 0usize, 0usize, 0usize, 0usize);
+    for c in head.chars() {
+        chars += 1;
+        if c == '\n' {
+            newlines += 1;
+        }
+        if c.is_whitespace() {
+            continue;
+        }
+        non_space += 1;
+        if c.is_alphabetic() {
+            letters += 1;
+            if c.is_uppercase() {
+                upper += 1;
+            }
+        } else if c.is_ascii_digit() {
+            digits += 1;
+        } else if c.is_ascii_punctuation() {
+            punct += 1;
+        }
+        if !c.is_ascii() {
+            foreign += 1;
+        }
+        if c == '\u{fffd}' || (c.is_control() && c != '\t') {
+            foreign += 2;
+        }
+    }
+    let mut words = 0usize;
+    let mut word_chars = 0usize;
+    let mut seen: Vec<u64> = Vec::with_capacity(256);
+    for w in head.split_whitespace() {
+        let w = w.trim_matches(|c: char| c.is_ascii_punctuation());
+        if w.is_empty() {
+            continue;
+        }
+        words += 1;
+        word_chars += w.chars().count().min(20);
+        if words <= SCAN_WORDS {
+            seen.push(word_hash(w));
+        }
+    }
+    seen.sort_unstable();
+    seen.dedup();
+    let share = |n: usize, of: usize| if of == 0 { 0.0 } else { n as f32 / of as f32 };
+    [
+        share(letters, non_space),
+        share(digits, non_space),
+        share(punct, non_space),
+        share(upper, letters),
+        share(foreign, chars).min(1.0),
+        if words == 0 {
+            0.0
+        } else {
+            word_chars as f32 / words as f32
+        },
+        share(seen.len(), words.min(SCAN_WORDS)),
+        100.0 * share(newlines, chars),
+        if ends_finished(text) { 1.0 } else { 0.0 },
+    ]
+}
+
+/// FNV-1a of the word's bytes, ASCII letters folded to lower case (no allocation per word).
+fn word_hash(w: &str) -> u64 {
+    w.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b.to_ascii_lowercase())).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Whether the text's last visible character closes a sentence, a quote, a bracket or a
+/// code block (what a completed answer ends with; a cut answer ends mid-word).
+fn ends_finished(text: &str) -> bool {
+    let tail = &text[ceil_char_boundary(text, text.len().saturating_sub(64))..];
+    match tail.trim_end().chars().last() {
+        None => false,
+        Some(c) => {
+            matches!(
+                c,
+                '.' | '!' | '?' | ':' | ';' | ')' | ']' | '}' | '"' | '\'' | '`' | '*' | '>' | '|'
+            ) || c == '。'
+                || c == '！'
+                || c == '？'
+                || c == '」'
+                || c == '…'
+        }
+    }
+}
+
+fn floor_char_boundary(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut i = max;
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    &s[..i]
+}
+
+fn ceil_char_boundary(s: &str, mut i: usize) -> usize {
+    while i < s.len() && !s.is_char_boundary(i) {
+        i += 1;
+    }
+    i
+}
+
+/// Distance of a profile from a reference's per-feature medians, in units of each feature's
+/// spread (MAD, floored by [`FLOORS`]), each term capped at [`TERM_CAP`], summed.
+pub fn distance(p: &[f32], median: &[f64], spread: &[f64]) -> f64 {
+    p.iter()
+        .zip(median)
+        .zip(spread)
+        .map(|((&x, &m), &s)| ((f64::from(x) - m).abs() / s).min(TERM_CAP))
+        .sum()
+}
+
+/// Largest contribution one feature makes to [`distance`].
+pub const TERM_CAP: f64 = 10.0;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROSE: &str =
+        "The json module encodes Python objects as JSON text. Use dumps() to get a \
+        string and dump() to write to a file; both accept indent and sort_keys.";
+
+    #[test]
+    fn prose_ends_finished_and_a_cut_answer_does_not() {
+        assert_eq!(profile(PROSE)[8], 1.0);
+        assert_eq!(profile(&PROSE[..60])[8], 0.0);
+        assert_eq!(profile("")[8], 0.0);
+        assert_eq!(profile("```\ncode\n```")[8], 1.0);
+    }
+
+    #[test]
+    fn profiles_separate_prose_from_tracebacks_loops_and_foreign_text() {
+        let prose = profile(PROSE);
+        let trace = profile(
+            "Traceback (most recent call last):\n  File \"<string>\", line 1, in <module>\n\
+             ValueError: invalid literal for int() with base 10: 'twelve'",
+        );
+        let looped = profile(&"the answer is yes. ".repeat(40));
+        let russian = profile("Модуль json кодирует объекты Python в текст JSON.");
+        let broken = profile("caf\u{fffd} na\u{fffd}ve \u{fffd}\u{fffd} text");
+        assert!(trace[7] > prose[7] && trace[2] > prose[2], "{trace:?}");
+        assert!(looped[6] < 0.1 && prose[6] > 0.8, "{looped:?}");
+        assert!(russian[4] > 0.5 && prose[4] == 0.0);
+        assert!(broken[4] > russian[4] / 4.0);
+    }
+
+    #[test]
+    fn profile_reads_a_bounded_prefix_and_never_panics_on_odd_text() {
+        let huge = "é".repeat(5 * 1024 * 1024);
+        let p = profile(&huge);
+        assert!(p.iter().all(|v| v.is_finite()));
+        for t in ["", " ", "\u{0}\u{1}", "😀", "a", "\n\n\n"] {
+            assert!(profile(t).iter().all(|v| v.is_finite()), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn distance_is_zero_at_the_median_and_capped_per_feature() {
+        let med = [0.5f64; FEATURES];
+        let spread = [0.1f64; FEATURES];
+        let at = [0.5f32; FEATURES];
+        assert!(distance(&at, &med, &spread) < 1e-6);
+        let far = [100.0f32; FEATURES];
+        assert!((distance(&far, &med, &spread) - TERM_CAP * FEATURES as f64).abs() < 1e-9);
+    }
+}
