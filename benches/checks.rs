@@ -1,4 +1,4 @@
-//! Cost of the cheap per-response checks, which run on every answer.
+//! Cost of the cheap per-response checks and the lexical profile, which run on every answer.
 //!
 //! Quick check: `cargo bench --bench checks -- --test`.
 
@@ -7,6 +7,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use semtap::record::{Api, ExchangeRecord, Outcome};
 use semtap::semantic::checks::{error_text, garbled, refusal, repetition, run_checks, CheckConfig};
+use semtap::semantic::lexical::profile;
 
 /// A normal answer of about 256 tokens (~1.2 KB); the same text the checks' unit tests use.
 const ANSWER_256: &str = include_str!("../tests/fixtures/answer_256.txt");
@@ -103,6 +104,7 @@ fn bench_checks(c: &mut Criterion) {
     g.bench_function("error_text", |b| {
         b.iter(|| error_text(black_box(text), None))
     });
+    g.bench_function("lexical_profile", |b| b.iter(|| profile(black_box(text))));
     g.finish();
 
     let huge = record(prose(10 * 1024 * 1024));
@@ -115,6 +117,9 @@ fn bench_checks(c: &mut Criterion) {
     });
     g.bench_function("whitespace_only", |b| {
         b.iter(|| run_checks(black_box(&blank), black_box(&cfg)))
+    });
+    g.bench_function("lexical_profile_prose", |b| {
+        b.iter(|| profile(black_box(&huge.response)))
     });
     g.finish();
 }

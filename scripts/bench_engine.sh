@@ -78,37 +78,7 @@ for _ in $(seq 1 600); do
 done
 curl -s 127.0.0.1:18104/status | grep -q 'transformer tier on' || { echo "engine never became ready" >&2; cat "$WORK/semtap-on.log" >&2; exit 1; }
 
-LG="$TARGET/release/examples/loadgen"
-# Warm-up: baselines fill (200 answers per key) before anything is measured.
-"$LG" --url http://127.0.0.1:18103/v1/chat/completions --rate 200 --duration 3 --connections 8 --body "$WORK/req.json" >/dev/null
-"$LG" --url http://127.0.0.1:18105/v1/chat/completions --rate 200 --duration 3 --connections 8 --body "$WORK/req.json" >/dev/null
-
-echo "| target | offered rps | achieved rps | p50 µs | p99 µs | p99.9 µs | errors |"
-echo "|---|---|---|---|---|---|---|"
-declare -A P99
-for who in direct:18101 engine-off:18105 engine-on:18103; do
-  name=${who%%:*}; port=${who##*:}
-  out=$("$LG" --url "http://127.0.0.1:$port/v1/chat/completions" --rate "$RATE" --duration "$SECS" --connections 64 --body "$WORK/req.json")
-  P99[$name]=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['p99_us'])" "$out")
-  python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(f\"| $name | $RATE | {d['achieved_rps']:.0f} | {d['p50_us']:.0f} | {d['p99_us']:.0f} | {d['p999_us']:.0f} | {d['errors']} |\")" "$out"
-done
-echo
-echo "p99 engine on / engine off: $(python3 -c "print(f'{${P99[engine-on]}/${P99[engine-off]}:.2f}')")"
-
-cat > "$WORK/post.lua" <<LUA
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local f = io.open(os.getenv("BODY"), "r"); wrk.body = f:read("*a"); f:close()
-LUA
-rps() { BODY="$WORK/req.json" wrk -t2 -c64 -d"${SECS}s" -s "$WORK/post.lua" "$1" | awk '/Requests\/sec/ {print $2}'; }
-off=$(rps http://127.0.0.1:18105/v1/chat/completions)
-on=$(rps http://127.0.0.1:18103/v1/chat/completions)
-echo
-echo "saturation (wrk, 64 connections): engine off $off rps, engine on $on rps, on/off $(python3 -c "print(f'{$on/$off:.2f}')")"
-sleep 2
-echo
-curl -s 127.0.0.1:18104/metrics > "$WORK/metrics.txt"
-python3 - "$WORK/metrics.txt" <<'PY'
+cat > "$WORK/report.py" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
 def total(name, needle=""):
@@ -138,5 +108,46 @@ print("records dropped:", {l.split('reason="')[1].split('"')[0]: l.rsplit(" ", 1
 print(f"analysis lag p99 <= {quantile('semtap_semantic_lag_seconds', 0.99)} s (bucket bound), p50 <= {quantile('semtap_semantic_lag_seconds', 0.5)} s")
 print(f"transformer review lag p99 <= {quantile('semtap_transformer_lag_seconds', 0.99)} s")
 PY
-echo "engine-on semtap peak RSS: $(awk '/VmHWM/ {print $2, $3}' /proc/$(cat "$WORK/semtap-on.pid")/status)"
-echo "engine-off semtap peak RSS: $(awk '/VmHWM/ {print $2, $3}' /proc/$(cat "$WORK/semtap-off.pid")/status)"
+# The engine-on semtap's counters, lag quantiles and both semtaps' memory so far.
+report() {
+  echo "--- $1"
+  curl -s 127.0.0.1:18104/metrics > "$WORK/metrics.txt"
+  python3 "$WORK/report.py" "$WORK/metrics.txt"
+  for n in on off; do
+    echo "engine-$n semtap RSS now $(awk '/VmRSS/ {print $2, $3}' /proc/$(cat "$WORK/semtap-$n.pid")/status), peak $(awk '/VmHWM/ {print $2, $3}' /proc/$(cat "$WORK/semtap-$n.pid")/status)"
+  done
+}
+
+LG="$TARGET/release/examples/loadgen"
+# Warm-up: baselines fill (200 answers per key) before anything is measured.
+"$LG" --url http://127.0.0.1:18103/v1/chat/completions --rate 200 --duration 3 --connections 8 --body "$WORK/req.json" >/dev/null
+"$LG" --url http://127.0.0.1:18105/v1/chat/completions --rate 200 --duration 3 --connections 8 --body "$WORK/req.json" >/dev/null
+
+echo "| target | offered rps | achieved rps | p50 µs | p99 µs | p99.9 µs | errors |"
+echo "|---|---|---|---|---|---|---|"
+declare -A P99
+for who in direct:18101 engine-off:18105 engine-on:18103; do
+  name=${who%%:*}; port=${who##*:}
+  out=$("$LG" --url "http://127.0.0.1:$port/v1/chat/completions" --rate "$RATE" --duration "$SECS" --connections 64 --body "$WORK/req.json")
+  P99[$name]=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['p99_us'])" "$out")
+  python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(f\"| $name | $RATE | {d['achieved_rps']:.0f} | {d['p50_us']:.0f} | {d['p99_us']:.0f} | {d['p999_us']:.0f} | {d['errors']} |\")" "$out"
+done
+echo
+echo "p99 engine on / engine off: $(python3 -c "print(f'{${P99[engine-on]}/${P99[engine-off]}:.2f}')")"
+sleep 2
+report "after the fixed-rate runs"
+
+cat > "$WORK/post.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open(os.getenv("BODY"), "r"); wrk.body = f:read("*a"); f:close()
+LUA
+rps() { BODY="$WORK/req.json" wrk -t2 -c64 -d"${SECS}s" -s "$WORK/post.lua" "$1" | awk '/Requests\/sec/ {print $2}'; }
+off=$(rps http://127.0.0.1:18105/v1/chat/completions)
+on=$(rps http://127.0.0.1:18103/v1/chat/completions)
+echo
+echo "saturation (wrk, 64 connections): engine off $off rps, engine on $on rps, on/off $(python3 -c "print(f'{$on/$off:.2f}')")"
+sleep 2
+echo
+report "after saturation"
+

@@ -82,6 +82,9 @@ pub enum ForwardError {
         ids: usize,
         types: usize,
     },
+    /// A layer's weights do not fit the buffers (a checkpoint whose shapes disagree).
+    #[error("layer shapes disagree: {0}")]
+    Shape(String),
 }
 
 /// One input sequence: its token ids and token type ids (same length, no padding).
@@ -158,14 +161,20 @@ impl CpuBert {
         let mut ctx = vec![0f32; rows * h];
         let mut attn = vec![0f32; rows * h];
         let mut inner = vec![0f32; rows * inter];
+        if self.heads == 0 || h % self.heads != 0 {
+            return Err(ForwardError::Shape(format!(
+                "{} heads for width {h}",
+                self.heads
+            )));
+        }
         for layer in &self.layers {
-            linear(&x, &layer.qkv, None, &mut qkv);
+            linear(&x, &layer.qkv, None, &mut qkv)?;
             attention(&qkv, &offsets, self.heads, h, &mut ctx);
-            linear(&ctx, &layer.attn_out, Some(&x), &mut attn);
+            linear(&ctx, &layer.attn_out, Some(&x), &mut attn)?;
             layer_norm(&mut attn, &layer.attn_norm, h);
-            linear(&attn, &layer.up, None, &mut inner);
+            linear(&attn, &layer.up, None, &mut inner)?;
             activation(&mut inner, layer.act);
-            linear(&inner, &layer.down, Some(&attn), &mut x);
+            linear(&inner, &layer.down, Some(&attn), &mut x)?;
             layer_norm(&mut x, &layer.out_norm, h);
         }
         Ok(x)
@@ -181,9 +190,28 @@ fn threads() -> usize {
 
 /// `dst = src · W + bias (+ residual)`: the destination is filled with the bias (and the
 /// residual) first and the matmul accumulates onto it.
-fn linear(src: &[f32], l: &Linear, residual: Option<&[f32]>, dst: &mut [f32]) {
-    let rows = src.len() / l.inp;
-    debug_assert_eq!(dst.len(), rows * l.out);
+fn linear(
+    src: &[f32],
+    l: &Linear,
+    residual: Option<&[f32]>,
+    dst: &mut [f32],
+) -> Result<(), ForwardError> {
+    let rows = src.len() / l.inp.max(1);
+    let fits = l.inp > 0
+        && src.len() == rows * l.inp
+        && dst.len() == rows * l.out
+        && l.wt.len() == l.inp * l.out
+        && l.bias.len() == l.out
+        && residual.is_none_or(|r| r.len() == dst.len());
+    if !fits {
+        return Err(ForwardError::Shape(format!(
+            "linear {}→{} on {} inputs into {} outputs",
+            l.inp,
+            l.out,
+            src.len(),
+            dst.len()
+        )));
+    }
     match residual {
         Some(res) => dst
             .par_chunks_mut(l.out)
@@ -205,8 +233,7 @@ fn linear(src: &[f32], l: &Linear, residual: Option<&[f32]>, dst: &mut [f32]) {
         n => Parallelism::Rayon(n),
     };
     // SAFETY: `src` is [rows, inp], `l.wt` [inp, out] and `dst` [rows, out], all row-major and
-    // exactly that long (checked when the weights were built and by the callers' sizing); gemm
-    // reads and writes only inside those extents.
+    // exactly that long (checked above); gemm reads and writes only inside those extents.
     unsafe {
         gemm(
             rows,
@@ -230,6 +257,7 @@ fn linear(src: &[f32], l: &Linear, residual: Option<&[f32]>, dst: &mut [f32]) {
             par,
         )
     }
+    Ok(())
 }
 
 /// A raw pointer that rayon tasks may share: each task writes a disjoint block through it.
