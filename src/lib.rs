@@ -13,6 +13,7 @@ pub mod demo;
 pub mod export;
 pub mod metrics;
 pub mod pipeline;
+pub mod priority;
 pub mod protocol;
 pub mod record;
 pub mod replay;

@@ -136,6 +136,7 @@ impl OtlpExporter {
             std::thread::Builder::new()
                 .name("semtap-otlp".into())
                 .spawn(move || {
+                    crate::priority::background_thread();
                     let _finished = finished_tx;
                     let rt = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()

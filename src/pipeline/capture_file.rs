@@ -50,7 +50,10 @@ impl CaptureFileSink {
         };
         let worker = std::thread::Builder::new()
             .name("semtap-capture".into())
-            .spawn(move || writer.run(rx))?;
+            .spawn(move || {
+                crate::priority::background_thread();
+                writer.run(rx)
+            })?;
         Ok(Arc::new(CaptureFileSink {
             tx,
             dropped: AtomicU64::new(0),

@@ -148,7 +148,10 @@ impl Pipeline {
             let sinks = sinks.clone();
             std::thread::Builder::new()
                 .name("semtap-analysis".into())
-                .spawn(move || run_worker(rx, shared, sinks, decompressed_cap))
+                .spawn(move || {
+                    crate::priority::background_thread();
+                    run_worker(rx, shared, sinks, decompressed_cap)
+                })
                 .ok()
         };
         if worker.is_none() {

@@ -81,7 +81,10 @@ impl SemanticSink {
             let sinks = sinks.clone();
             std::thread::Builder::new()
                 .name("semtap-semantic".into())
-                .spawn(move || run(rx, engine, metrics, health, sinks, state_dir, depth))?;
+                .spawn(move || {
+                    crate::priority::background_thread();
+                    run(rx, engine, metrics, health, sinks, state_dir, depth)
+                })?;
         }
         Ok(Arc::new(SemanticSink {
             tx,

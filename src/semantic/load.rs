@@ -268,6 +268,7 @@ pub fn load_in_background(
     health.set("semantic", "degraded", "loading the model");
     metrics.gauge("semtap.semantic.degraded", &[]).set(1.0);
     let spawned = std::thread::Builder::new().name("semtap-model".into()).spawn(move || {
+        crate::priority::background_thread();
         let files = match model::resolve(&cfg.model, cfg.model_dir.as_deref()) {
             Ok(f) => f,
             Err(e) => {

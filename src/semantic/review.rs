@@ -170,7 +170,10 @@ impl Reviewer {
         let worker = Worker::new(cfg, embedder, engine, metrics, sinks, depth, &device);
         std::thread::Builder::new()
             .name("semtap-transformer".into())
-            .spawn(move || worker.run(rx))?;
+            .spawn(move || {
+                crate::priority::background_thread();
+                worker.run(rx)
+            })?;
         tracing::info!(%device, "live transformer tier started");
         Ok(reviewer)
     }
@@ -385,6 +388,7 @@ impl Worker {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(self.cfg.threads.max(1))
             .thread_name(|i| format!("semtap-transformer-{i}"))
+            .start_handler(|_| crate::priority::background_thread())
             .build();
         match pool {
             Ok(pool) => pool.install(move || self.serve(rx)),

@@ -1,0 +1,54 @@
+//! Background work yields the CPU to the data path.
+//!
+//! semtap's analysis threads (parsing, the semantic engine, the transformer tier, exporters,
+//! the capture writer) run at a lower scheduling priority than the proxy's runtime, so on a
+//! busy host the kernel gives the cores to forwarding first and analysis gets what is left;
+//! when analysis falls behind, its bounded queues drop samples (counted), never requests.
+//! BENCHMARKS.md ("The engine under load") measures the effect.
+
+/// The nice value background threads take (Linux; 0 is normal, 19 the lowest priority).
+pub const BACKGROUND_NICE: i32 = 10;
+
+/// Lowers the calling thread's priority to [`BACKGROUND_NICE`]. Linux applies a nice value to
+/// one thread when given its thread id; elsewhere this does nothing. Failing is harmless (the
+/// thread keeps normal priority) and logged at debug level.
+pub fn background_thread() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and setpriority take plain integers and touch no memory of ours.
+        let rc = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, BACKGROUND_NICE)
+        };
+        if rc != 0 {
+            tracing::debug!(
+                error = %std::io::Error::last_os_error(),
+                "could not lower a background thread's priority"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_background_thread_runs_at_the_lower_priority_and_others_do_not() {
+        let nice = || {
+            // SAFETY: as above.
+            unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::getpriority(libc::PRIO_PROCESS, tid)
+            }
+        };
+        let before = nice();
+        let inside = std::thread::spawn(move || {
+            super::background_thread();
+            nice()
+        })
+        .join()
+        .unwrap();
+        assert!(inside >= super::BACKGROUND_NICE, "nice {inside}");
+        assert_eq!(nice(), before, "the calling thread is untouched");
+    }
+}
