@@ -25,6 +25,9 @@ const SIZES: [usize; 3] = [16, 64, 256];
 const TEXTS_PER_SIZE: usize = 64;
 const DIM: usize = 384;
 
+/// A normal answer of about 256 tokens (the cheap checks' test fixture).
+const ANSWER_256: &str = include_str!("../tests/fixtures/answer_256.txt");
+
 const CORPUS: &str = r#"Sure! Here's a quick overview of how the retry logic works in the client library.
 When a request fails with a 429 or a 503, the client waits for an exponentially growing delay before trying again, capped at 30 seconds.
 I'm sorry, but I can't help with that request. If you have questions about account security, please contact support.
@@ -248,7 +251,6 @@ fn engine_summary(path: &Path, texts: &[String]) {
     let mut rng = StdRng::seed_from_u64(7);
     let table = random_table(wp.vocab_size().max(30522), &wp.special_ids(), &mut rng);
     let embedder = std::sync::Arc::new(StaticEmbedder::new(wp, table, 256));
-    let mut engine = Engine::new(EngineConfig::default(), Some(embedder), "bench");
     let mut n = 0u64;
     let mut next = |text: &str| {
         n += 1;
@@ -265,25 +267,39 @@ fn engine_summary(path: &Path, texts: &[String]) {
             ..ExchangeRecord::default()
         }
     };
-    // Past warm-up: the key's reference (200 answers) is ready before timing starts.
-    for t in texts.iter().cycle().take(400) {
-        let rec = next(t);
-        black_box(engine.process(&rec));
-    }
-    let recs: Vec<ExchangeRecord> = texts.iter().cycle().take(256).map(|t| next(t)).collect();
-    let mut best = 0f64;
-    for _ in 0..10 {
-        let start = Instant::now();
-        for rec in &recs {
-            black_box(engine.process(black_box(rec)));
+    // A normal answer (the checks' own fixture, numbered so no two texts are equal) and the
+    // corpus mixes above, which splice refusal, error and code sentences into one text, so
+    // several cheap checks take their slower, flagging paths.
+    let normal: Vec<String> = (0..256)
+        .map(|i| format!("{} ({i})", ANSWER_256.trim_end()))
+        .collect();
+    for (what, set) in [
+        ("a normal 256-token answer", normal.as_slice()),
+        ("256-token corpus mixes", texts),
+    ] {
+        // A key whose normal answers look like these, past warm-up: its reference (200
+        // answers) is ready before timing starts.
+        let mut engine = Engine::new(EngineConfig::default(), Some(embedder.clone()), "bench");
+        for t in set.iter().cycle().take(400) {
+            let rec = next(t);
+            black_box(engine.process(&rec));
         }
-        best = best.max(recs.len() as f64 / start.elapsed().as_secs_f64());
+        let recs: Vec<ExchangeRecord> = set.iter().cycle().take(256).map(|t| next(t)).collect();
+        let mut best = 0f64;
+        for _ in 0..10 {
+            let start = Instant::now();
+            for rec in &recs {
+                black_box(engine.process(black_box(rec)));
+            }
+            best = best.max(recs.len() as f64 / start.elapsed().as_secs_f64());
+        }
+        println!(
+            "Engine::process past warm-up (cheap checks + lexical profile + static embedding of \
+             answer and prompt + kNN + p-values + monitors), {what}: {best:.0} responses/s per \
+             core (best of 10 windows of 256)"
+        );
     }
-    println!(
-        "Engine::process, 256-token answers past warm-up (cheap checks + lexical profile + static \
-         embedding of answer and prompt + kNN + p-values + monitors): {best:.0} responses/s \
-         per core (best of 10 windows of 256)\n"
-    );
+    println!();
 }
 
 fn main() {
