@@ -235,29 +235,57 @@ fn linear(
     // SAFETY: `src` is [rows, inp], `l.wt` [inp, out] and `dst` [rows, out], all row-major and
     // exactly that long (checked above); gemm reads and writes only inside those extents.
     unsafe {
-        gemm(
-            rows,
-            l.out,
-            l.inp,
-            dst.as_mut_ptr(),
-            1,
-            l.out as isize,
+        matmul(
+            (rows, l.out, l.inp),
+            Mat::new(dst.as_mut_ptr(), l.out, 1),
+            Mat::new(src.as_ptr(), l.inp, 1),
+            Mat::new(l.wt.as_ptr(), l.out, 1),
             true,
-            src.as_ptr(),
-            1,
-            l.inp as isize,
-            l.wt.as_ptr(),
-            1,
-            l.out as isize,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
             par,
         )
     }
     Ok(())
+}
+
+/// A strided matrix operand for [`matmul`]: element (i, j) is at `ptr + i·rs + j·cs`.
+#[derive(Clone, Copy)]
+struct Mat<P> {
+    ptr: P,
+    rs: isize,
+    cs: isize,
+}
+
+impl<P> Mat<P> {
+    fn new(ptr: P, rs: usize, cs: usize) -> Self {
+        Mat {
+            ptr,
+            rs: rs as isize,
+            cs: cs as isize,
+        }
+    }
+}
+
+/// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)` on candle's gemm kernel.
+///
+/// # Safety
+/// Every element the operands' strides address for the given (m, n, k) must lie inside a live
+/// allocation, and no other thread may touch `dst`'s elements meanwhile.
+unsafe fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: Mat<*mut f32>,
+    lhs: Mat<*const f32>,
+    rhs: Mat<*const f32>,
+    accumulate: bool,
+    par: Parallelism,
+) {
+    let alpha = if accumulate { 1.0f32 } else { 0.0 };
+    // SAFETY: the caller's contract above.
+    unsafe {
+        gemm(
+            m, n, k, dst.ptr, dst.cs, dst.rs, accumulate, lhs.ptr, lhs.cs, lhs.rs, rhs.ptr, rhs.cs,
+            rhs.rs, alpha, 1.0f32, false, false, false, par,
+        )
+    }
 }
 
 /// A raw pointer that rayon tasks may share: each task writes a disjoint block through it.
@@ -310,47 +338,21 @@ fn attention(qkv: &[f32], offsets: &[usize], heads: usize, h: usize, ctx: &mut [
                 let k = q.add(h);
                 let v = q.add(2 * h);
                 // scores[i][j] = q_i · k_j
-                gemm(
-                    len,
-                    len,
-                    d,
-                    scores.as_mut_ptr(),
-                    1,
-                    len as isize,
-                    false,
-                    q,
-                    1,
-                    stride as isize,
-                    k,
-                    stride as isize,
-                    1,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
+                matmul(
+                    (len, len, d),
+                    Mat::new(scores.as_mut_ptr(), len, 1),
+                    Mat::new(q, stride, 1),
+                    Mat::new(k, 1, stride),
                     false,
                     Parallelism::None,
                 );
                 softmax_rows(&mut scores, len);
                 // ctx_i = Σ_j p_ij v_j
-                gemm(
-                    len,
-                    d,
-                    len,
-                    out.at(start * h + head * d),
-                    1,
-                    h as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    len as isize,
-                    v,
-                    1,
-                    stride as isize,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
+                matmul(
+                    (len, d, len),
+                    Mat::new(out.at(start * h + head * d), h, 1),
+                    Mat::new(scores.as_ptr(), len, 1),
+                    Mat::new(v, stride, 1),
                     false,
                     Parallelism::None,
                 );

@@ -8,6 +8,8 @@
 //! Computing a profile is one bounded pass: at most [`SCAN_BYTES`] of the text are read (plus
 //! its last characters for the ending), so a 10 MB answer costs the same as a 16 KB one.
 
+use super::checks::text::{head, tail};
+
 /// Bytes of an answer the profile reads.
 pub const SCAN_BYTES: usize = 16 * 1024;
 /// Words whose distinctness is counted.
@@ -28,7 +30,7 @@ pub const FLOORS: [f64; FEATURES] = [0.02, 0.01, 0.01, 0.02, 0.005, 0.2, 0.03, 0
 /// (share of the first 1000 words), 7 line breaks per 100 characters, 8 whether the text ends
 /// like finished prose or code (1) or mid-sentence (0).
 pub fn profile(text: &str) -> [f32; FEATURES] {
-    let head = floor_char_boundary(text, SCAN_BYTES);
+    let head = head(text, SCAN_BYTES);
     let mut chars = 0usize;
     let mut non_space = 0usize;
     let (mut letters, mut digits, mut punct, mut upper, mut foreign, mut newlines) =
@@ -103,8 +105,7 @@ fn word_hash(w: &str) -> u64 {
 /// Whether the text's last visible character closes a sentence, a quote, a bracket or a
 /// code block (what a completed answer ends with; a cut answer ends mid-word).
 fn ends_finished(text: &str) -> bool {
-    let tail = &text[ceil_char_boundary(text, text.len().saturating_sub(64))..];
-    match tail.trim_end().chars().last() {
+    match tail(text, 64).trim_end().chars().last() {
         None => false,
         Some(c) => {
             matches!(
@@ -117,24 +118,6 @@ fn ends_finished(text: &str) -> bool {
                 || c == '…'
         }
     }
-}
-
-fn floor_char_boundary(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut i = max;
-    while i > 0 && !s.is_char_boundary(i) {
-        i -= 1;
-    }
-    &s[..i]
-}
-
-fn ceil_char_boundary(s: &str, mut i: usize) -> usize {
-    while i < s.len() && !s.is_char_boundary(i) {
-        i += 1;
-    }
-    i
 }
 
 /// Distance of a profile from a reference's per-feature medians, in units of each feature's

@@ -37,7 +37,7 @@ mod error_text;
 mod garbled;
 mod refusal;
 mod repetition;
-mod text;
+pub(crate) mod text;
 
 #[cfg(test)]
 mod tests;

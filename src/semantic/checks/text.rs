@@ -3,7 +3,7 @@
 //! rewrite the answer.
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a char boundary.
-pub(super) fn head(s: &str, max: usize) -> &str {
+pub(crate) fn head(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }
@@ -15,7 +15,7 @@ pub(super) fn head(s: &str, max: usize) -> &str {
 }
 
 /// The longest suffix of `s` of at most `max` bytes that starts on a char boundary.
-pub(super) fn tail(s: &str, max: usize) -> &str {
+pub(crate) fn tail(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }
