@@ -35,11 +35,35 @@ pub fn profile(text: &str) -> [f32; FEATURES] {
     let mut non_space = 0usize;
     let (mut letters, mut digits, mut punct, mut upper, mut foreign, mut newlines) =
         (0usize, 0usize, 0usize, 0usize, 0usize, 0usize);
-    for c in head.chars() {
+    let bytes = head.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
         chars += 1;
-        if c == '\n' {
-            newlines += 1;
+        if b < 0x80 {
+            // ASCII (most of any answer): a table lookup instead of Unicode property tests.
+            i += 1;
+            let class = ASCII_CLASS[usize::from(b)];
+            if b == b'\n' {
+                newlines += 1;
+            }
+            if class & SPACE != 0 {
+                continue;
+            }
+            non_space += 1;
+            letters += usize::from(class & LETTER != 0);
+            upper += usize::from(class & UPPER != 0);
+            digits += usize::from(class & DIGIT != 0);
+            punct += usize::from(class & PUNCT != 0);
+            if class & CONTROL != 0 {
+                foreign += 2;
+            }
+            continue;
         }
+        let Some(c) = head[i..].chars().next() else {
+            break;
+        };
+        i += c.len_utf8();
         if c.is_whitespace() {
             continue;
         }
@@ -49,15 +73,9 @@ pub fn profile(text: &str) -> [f32; FEATURES] {
             if c.is_uppercase() {
                 upper += 1;
             }
-        } else if c.is_ascii_digit() {
-            digits += 1;
-        } else if c.is_ascii_punctuation() {
-            punct += 1;
         }
-        if !c.is_ascii() {
-            foreign += 1;
-        }
-        if c == '\u{fffd}' || (c.is_control() && c != '\t') {
+        foreign += 1;
+        if c == '\u{fffd}' || c.is_control() {
             foreign += 2;
         }
     }
@@ -94,6 +112,40 @@ pub fn profile(text: &str) -> [f32; FEATURES] {
         if ends_finished(text) { 1.0 } else { 0.0 },
     ]
 }
+
+const SPACE: u8 = 1;
+const LETTER: u8 = 2;
+const UPPER: u8 = 4;
+const DIGIT: u8 = 8;
+const PUNCT: u8 = 16;
+const CONTROL: u8 = 32;
+
+/// Character classes of the 128 ASCII bytes, as the Unicode tests give them (tab counts as
+/// space, not as a control character).
+const ASCII_CLASS: [u8; 128] = {
+    let mut t = [0u8; 128];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        t[b] = if c.is_ascii_whitespace() || c == 0x0b {
+            SPACE
+        } else if c.is_ascii_uppercase() {
+            LETTER | UPPER
+        } else if c.is_ascii_lowercase() {
+            LETTER
+        } else if c.is_ascii_digit() {
+            DIGIT
+        } else if c.is_ascii_punctuation() {
+            PUNCT
+        } else if c.is_ascii_control() {
+            CONTROL
+        } else {
+            0
+        };
+        b += 1;
+    }
+    t
+};
 
 /// FNV-1a of the word's bytes, ASCII letters folded to lower case (no allocation per word).
 fn word_hash(w: &str) -> u64 {
@@ -172,6 +224,57 @@ mod tests {
         assert!(p.iter().all(|v| v.is_finite()));
         for t in ["", " ", "\u{0}\u{1}", "😀", "a", "\n\n\n"] {
             assert!(profile(t).iter().all(|v| v.is_finite()), "{t:?}");
+        }
+    }
+
+    /// The ASCII table path counts exactly what the Unicode property tests count.
+    #[test]
+    fn ascii_fast_path_matches_the_unicode_definitions() {
+        let reference = |text: &str| {
+            let (mut chars, mut non_space, mut letters, mut digits, mut punct, mut upper) =
+                (0usize, 0usize, 0usize, 0usize, 0usize, 0usize);
+            let (mut foreign, mut newlines) = (0usize, 0usize);
+            for c in text.chars() {
+                chars += 1;
+                newlines += usize::from(c == '\n');
+                if c.is_whitespace() {
+                    continue;
+                }
+                non_space += 1;
+                if c.is_alphabetic() {
+                    letters += 1;
+                    upper += usize::from(c.is_uppercase());
+                } else if c.is_ascii_digit() {
+                    digits += 1;
+                } else if c.is_ascii_punctuation() {
+                    punct += 1;
+                }
+                foreign += usize::from(!c.is_ascii());
+                if c == '\u{fffd}' || (c.is_control() && c != '\t') {
+                    foreign += 2;
+                }
+            }
+            let share = |n: usize, of: usize| if of == 0 { 0.0 } else { n as f32 / of as f32 };
+            [
+                share(letters, non_space),
+                share(digits, non_space),
+                share(punct, non_space),
+                share(upper, letters),
+                share(foreign, chars).min(1.0),
+                100.0 * share(newlines, chars),
+            ]
+        };
+        let all_ascii: String = (0u8..128).map(char::from).collect();
+        for text in [
+            all_ascii.as_str(),
+            "Ünïcödé ÀB 12 — «quotes» \u{a0}nbsp\u{85}next\u{fffd}\u{9f}\r\n\t\u{b}\u{c}",
+            "Модуль JSON: 3 ошибки!\n東京は日本の首都です。",
+            PROSE,
+        ] {
+            let p = profile(text);
+            let r = reference(text);
+            let fast = [p[0], p[1], p[2], p[3], p[4], p[7]];
+            assert_eq!(fast, r, "{text:?}");
         }
     }
 
