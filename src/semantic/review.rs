@@ -388,7 +388,9 @@ impl Worker {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(self.cfg.threads.max(1))
             .thread_name(|i| format!("semtap-transformer-{i}"))
-            .start_handler(|_| crate::priority::background_thread())
+            .start_handler(|_| {
+                crate::priority::background_thread();
+            })
             .build();
         match pool {
             Ok(pool) => pool.install(move || self.serve(rx)),
