@@ -644,6 +644,9 @@ def main():
                     help="records per key (transformer tier)")
     ap.add_argument("--stationary-transformer-keys", type=int, default=3)
     ap.add_argument("--man-pages", type=int, default=2500, help="man1 pages to render")
+    ap.add_argument("--only-stationary", metavar="NAME",
+                    help="write only a stationary stream of --stationary-transformer-keys keys x "
+                         "--stationary-transformer records (a longer false-alarm run)")
     ap.add_argument("--only-drift", metavar="NAME",
                     help="write only the drift streams, as NAME.jsonl / NAME.labels.json")
     ap.add_argument("--drift-segments", help="comma-separated subset of the drift segments")
@@ -664,6 +667,12 @@ def main():
     print("corpus:", json.dumps(sizes), file=sys.stderr)
 
     rng = random.Random(args.seed)
+    if args.only_stationary:
+        recs = stationary_stream(rng, corpus, args.stationary_transformer_keys,
+                                 args.stationary_transformer, 6 * 10**9, args.skip)
+        write_jsonl(os.path.join(DATA, f"{args.only_stationary}.jsonl"), recs)
+        print(f"{args.only_stationary}:", len(recs), file=sys.stderr)
+        return
     if args.only_drift:
         recs, meta = drift_streams(rng, corpus, args.drift_pre, args.drift_post,
                                    args.drift_segments.split(",") if args.drift_segments else None)

@@ -27,3 +27,14 @@ python3 eval/score.py --bin "$SEMTAP" --model-dir "$MODEL_DIR" --tiers static \
 # Transformer tier: the smaller streams.
 python3 eval/score.py --bin "$SEMTAP" --model-dir "$MODEL_DIR" --tiers transformer \
     --streams anomalies_small,drift_small,stationary --jobs "$JOBS"
+
+# Optional: a longer false-alarm run on the transformer tier (3 keys x 5 000 stationary
+# responses, another seed; ~12 minutes on this machine's 2 cores). LONG=1 to run it.
+if [ "${LONG:-0}" = 1 ]; then
+  python3 eval/build_eval.py --only-stationary stationary_transformer_long --seed 4 \
+      --stationary-transformer 5000 --stationary-transformer-keys 3
+  "$SEMTAP" replay eval/data/stationary_transformer_long.jsonl \
+      --out eval/out/stationary_transformer_long.transformer.jsonl --tier transformer \
+      --model-dir "$MODEL_DIR"
+  python3 eval/count_incidents.py eval/out/stationary_transformer_long.transformer.jsonl
+fi
