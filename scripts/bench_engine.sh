@@ -10,14 +10,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE="${1:-2000}"
 SECS="${2:-20}"
-if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
-  apt-get update -qq && apt-get install -y -qq nginx wrk >/dev/null
-fi
-[ -f models/all-MiniLM-L6-v2/model.safetensors ] || cargo run --release --quiet -- model pull --dest models
+. scripts/lib.sh
+need_debs nginx wrk
+need_model
 cargo build --release --quiet --bin semtap --example loadgen
 TARGET="${CARGO_TARGET_DIR:-target}"
-WORK="$(mktemp -d)"
-trap 'kill $(cat "$WORK"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+make_work
 
 # A real paragraph of the demo's answers, repeated to 256 words, one SSE event per word.
 python3 - "$WORK" <<'PY'

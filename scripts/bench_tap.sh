@@ -8,13 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS="${1:-10}"
-if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
-  apt-get update -qq && apt-get install -y -qq nginx wrk >/dev/null
-fi
+. scripts/lib.sh
+need_debs nginx wrk
 cargo build --release --quiet --bin semtap --example loadgen
 TARGET="${CARGO_TARGET_DIR:-target}"
-WORK="$(mktemp -d)"
-trap 'kill $(cat "$WORK"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+make_work
 
 python3 - "$WORK" <<'PY'
 import json, sys

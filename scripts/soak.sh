@@ -17,7 +17,8 @@ RATE="${2:-200}"
 OUT="${3:-soak-out}"
 SAMPLE=5
 mkdir -p "$OUT"
-[ -f models/all-MiniLM-L6-v2/model.safetensors ] || cargo run --release --quiet -- model pull --dest models
+. scripts/lib.sh
+need_model
 PROFILE="${SOAK_PROFILE:-release}"
 if [ "$PROFILE" = release ]; then
   cargo build --release --quiet --bin semtap --example loadgen
@@ -26,8 +27,7 @@ else
   PROFILE=debug
 fi
 TARGET="${CARGO_TARGET_DIR:-target}/$PROFILE"
-WORK="$(mktemp -d)"
-trap 'kill $(cat "$WORK"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+make_work
 
 python3 - "$WORK" <<'PY'
 import json, sys

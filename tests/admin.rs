@@ -26,6 +26,20 @@ async fn call(method: &str, url: &str, token: Option<&str>) -> (u16, http::Heade
     (s, h)
 }
 
+/// The status of `GET {admin}{path}`, with `token` as a bearer token when given.
+async fn get_status(admin: &str, path: &str, token: Option<&str>) -> u16 {
+    call("GET", &format!("{admin}{path}"), token).await.0
+}
+
+/// A tap whose admin API needs `TOKEN`; `/metrics` open or not.
+async fn tapped_with_token(metrics_public: bool) -> (MockUpstream, Tapped) {
+    tapped_with_auth(AdminAuth {
+        token: Some(Secret::new(TOKEN)),
+        metrics_public,
+    })
+    .await
+}
+
 async fn tapped_with_auth(auth: AdminAuth) -> (MockUpstream, Tapped) {
     let up = MockUpstream::start().await.expect("mock");
     let mut cfg = config_for(&up.url(), None);
@@ -45,11 +59,7 @@ const GUARDED: &[(&str, &str)] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_token_every_route_but_the_probes_and_metrics_answers_401_without_it() {
-    let (_up, t) = tapped_with_auth(AdminAuth {
-        token: Some(Secret::new(TOKEN)),
-        metrics_public: true,
-    })
-    .await;
+    let (_up, t) = tapped_with_token(true).await;
     let admin = t.admin();
     for (method, path) in GUARDED {
         let url = format!("{admin}{path}");
@@ -83,7 +93,7 @@ async fn with_a_token_every_route_but_the_probes_and_metrics_answers_401_without
         assert_eq!(send(&client(), req).await.0, 401, "{method} {path} Basic");
     }
     for path in ["/healthz", "/readyz", "/metrics"] {
-        let (s, _) = call("GET", &format!("{admin}{path}"), None).await;
+        let s = get_status(&admin, path, None).await;
         assert_eq!(s, 200, "{path} stays open without a token");
     }
     t.running.shutdown().await;
@@ -91,22 +101,10 @@ async fn with_a_token_every_route_but_the_probes_and_metrics_answers_401_without
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_right_token_opens_every_route() {
-    let (_up, t) = tapped_with_auth(AdminAuth {
-        token: Some(Secret::new(TOKEN)),
-        metrics_public: false,
-    })
-    .await;
+    let (_up, t) = tapped_with_token(false).await;
     let admin = t.admin();
-    assert_eq!(
-        call("GET", &format!("{admin}/status"), Some(TOKEN)).await.0,
-        200
-    );
-    assert_eq!(
-        call("GET", &format!("{admin}/metrics"), Some(TOKEN))
-            .await
-            .0,
-        200
-    );
+    assert_eq!(get_status(&admin, "/status", Some(TOKEN)).await, 200);
+    assert_eq!(get_status(&admin, "/metrics", Some(TOKEN)).await, 200);
     // The scheme is case-insensitive (RFC 9110).
     let req = http::Request::get(format!("{admin}/status"))
         .header("authorization", format!("bearer {TOKEN}"))
@@ -114,44 +112,20 @@ async fn the_right_token_opens_every_route() {
         .expect("request");
     assert_eq!(send(&client(), req).await.0, 200);
     // Past the token check, the routes answer as they always did (engine off here: 503).
-    assert_eq!(
-        call("GET", &format!("{admin}/baselines"), Some(TOKEN))
-            .await
-            .0,
-        503
-    );
-    assert_eq!(
-        call("GET", &format!("{admin}/no-such-route"), Some(TOKEN))
-            .await
-            .0,
-        404
-    );
+    assert_eq!(get_status(&admin, "/baselines", Some(TOKEN)).await, 503);
+    assert_eq!(get_status(&admin, "/no-such-route", Some(TOKEN)).await, 404);
     t.running.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_public_false_puts_metrics_behind_the_token_but_not_the_probes() {
-    let (_up, t) = tapped_with_auth(AdminAuth {
-        token: Some(Secret::new(TOKEN)),
-        metrics_public: false,
-    })
-    .await;
+    let (_up, t) = tapped_with_token(false).await;
     let admin = t.admin();
-    assert_eq!(call("GET", &format!("{admin}/metrics"), None).await.0, 401);
-    assert_eq!(
-        call("GET", &format!("{admin}/metrics"), Some("wrong"))
-            .await
-            .0,
-        401
-    );
-    assert_eq!(
-        call("GET", &format!("{admin}/metrics"), Some(TOKEN))
-            .await
-            .0,
-        200
-    );
-    assert_eq!(call("GET", &format!("{admin}/healthz"), None).await.0, 200);
-    assert_eq!(call("GET", &format!("{admin}/readyz"), None).await.0, 200);
+    assert_eq!(get_status(&admin, "/metrics", None).await, 401);
+    assert_eq!(get_status(&admin, "/metrics", Some("wrong")).await, 401);
+    assert_eq!(get_status(&admin, "/metrics", Some(TOKEN)).await, 200);
+    assert_eq!(get_status(&admin, "/healthz", None).await, 200);
+    assert_eq!(get_status(&admin, "/readyz", None).await, 200);
     t.running.shutdown().await;
 }
 
@@ -159,8 +133,8 @@ async fn metrics_public_false_puts_metrics_behind_the_token_but_not_the_probes()
 async fn without_a_token_configured_the_loopback_admin_api_is_open_as_before() {
     let (_up, t) = tapped_with_auth(AdminAuth::default()).await;
     let admin = t.admin();
-    assert_eq!(call("GET", &format!("{admin}/status"), None).await.0, 200);
-    assert_eq!(call("GET", &format!("{admin}/metrics"), None).await.0, 200);
+    assert_eq!(get_status(&admin, "/status", None).await, 200);
+    assert_eq!(get_status(&admin, "/metrics", None).await, 200);
     t.running.shutdown().await;
 }
 
@@ -291,18 +265,7 @@ async fn the_token_never_appears_in_logs_or_admin_answers() {
         ("token_file", vec![]),
         ("SEMTAP_ADMIN_TOKEN", vec![("SEMTAP_ADMIN_TOKEN", TOKEN)]),
     ] {
-        let p = Proc::spawn(
-            &[
-                "run",
-                "--config",
-                cfg.to_str().expect("utf8"),
-                "--log-format",
-                "json",
-                "--log-level",
-                "trace",
-            ],
-            &envs,
-        );
+        let p = Proc::run_config(&cfg, &envs);
         let listen = addr_of(&p.wait_log("listener bound"));
         let admin = addr_of(&p.wait_log("admin server bound"));
         p.wait_log("semtap ready");

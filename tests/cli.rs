@@ -113,20 +113,7 @@ fn bad_otlp_settings_exit_2_naming_the_flag_or_variable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_with_flags_binds_port_0_and_sigterm_lets_streams_finish() {
     let up = MockUpstream::start().await.expect("mock");
-    let mut p = Proc::spawn(
-        &[
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &up.url(),
-            "--admin",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ],
-        &[],
-    );
+    let mut p = Proc::run_flags(&up.url(), &[], &[]);
     let listen = addr_of(&p.wait_log("listener bound"));
     let admin = addr_of(&p.wait_log("admin server bound"));
     p.wait_log("semtap ready");
@@ -171,18 +158,7 @@ async fn a_planted_key_appears_nowhere_semtap_writes() {
     let model = dir.path().join("tiny-model");
     semtap::semantic::testing::write_tiny_bert(&model, 3).expect("tiny model");
     std::fs::write(&cfg, format!("state_dir = \"{}\"\n[[listener]]\nname = \"main\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[capture]\nfile = \"{}\"\n[semantic]\nmodel_dir = \"{}\"\n", dir.path().join("state").display(), up.url(), capture.display(), model.display())).expect("cfg");
-    let p = Proc::spawn(
-        &[
-            "run",
-            "--config",
-            cfg.to_str().expect("utf8"),
-            "--log-format",
-            "json",
-            "--log-level",
-            "trace",
-        ],
-        &[("SEMTAP_SEMANTIC", "on")],
-    );
+    let p = Proc::run_config(&cfg, &[("SEMTAP_SEMANTIC", "on")]);
     p.wait_log("semantic engine: static tier ready");
     let listen = addr_of(&p.wait_log("listener bound"));
     let admin = addr_of(&p.wait_log("admin server bound"));
@@ -260,20 +236,9 @@ async fn logs_never_contain_a_planted_key() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = dead.local_addr().expect("addr").port();
     drop(dead);
-    let p = Proc::spawn(
-        &[
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &format!("http://127.0.0.1:{port}"),
-            "--admin",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--log-level",
-            "trace",
-        ],
+    let p = Proc::run_flags(
+        &format!("http://127.0.0.1:{port}"),
+        &["--log-level", "trace"],
         &[],
     );
     let listen = addr_of(&p.wait_log("listener bound"));
@@ -336,18 +301,9 @@ async fn egress_goes_through_https_proxy_when_set() {
         }
     });
     let proxy_url = format!("http://{proxy_addr}");
-    let p = Proc::spawn(
-        &[
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &up.url(),
-            "--admin",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ],
+    let p = Proc::run_flags(
+        &up.url(),
+        &[],
         &[
             ("HTTPS_PROXY", &proxy_url),
             ("HTTP_PROXY", &proxy_url),

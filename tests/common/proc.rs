@@ -52,6 +52,41 @@ impl Proc {
         Proc { child, lines }
     }
 
+    /// `semtap run --config FILE` with JSON logs at trace level (everything a leak could be in).
+    pub fn run_config(cfg: &std::path::Path, envs: &[(&str, &str)]) -> Proc {
+        let cfg = cfg.to_str().expect("utf8 path");
+        Proc::spawn(
+            &[
+                "run",
+                "--config",
+                cfg,
+                "--log-format",
+                "json",
+                "--log-level",
+                "trace",
+            ],
+            envs,
+        )
+    }
+
+    /// `semtap run` from flags alone: a loopback listener (free port) in front of `upstream`, a
+    /// loopback admin server and JSON logs; `extra` arguments appended.
+    pub fn run_flags(upstream: &str, extra: &[&str], envs: &[(&str, &str)]) -> Proc {
+        let mut args = vec![
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            upstream,
+            "--admin",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        Proc::spawn(&args, envs)
+    }
+
     /// Waits for a JSON log line whose message is `msg` and returns it.
     pub fn wait_log(&self, msg: &str) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(30);
