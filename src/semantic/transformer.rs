@@ -201,12 +201,18 @@ pub enum Forward {
 }
 
 enum Encoder {
+    /// Packed sequences, plain arrays (`bert_cpu.rs`).
     Cpu(CpuBert),
+    /// Padded batches as candle tensors, on any device.
+    Tensor(TensorModel),
+}
+
+enum TensorModel {
     Semtap(BertEncoder),
     Candle(BertModel),
 }
 
-impl Encoder {
+impl TensorModel {
     /// Token states [b, t, hidden].
     fn forward(
         &self,
@@ -216,9 +222,8 @@ impl Encoder {
         padded: bool,
     ) -> candle_core::Result<Tensor> {
         match self {
-            Encoder::Semtap(m) => m.forward(ids, types, mask, padded),
-            Encoder::Candle(m) => m.forward(ids, types, Some(mask)),
-            Encoder::Cpu(_) => candle_core::bail!("the packed CPU forward takes no tensors"),
+            TensorModel::Semtap(m) => m.forward(ids, types, mask, padded),
+            TensorModel::Candle(m) => m.forward(ids, types, Some(mask)),
         }
     }
 }
@@ -314,13 +319,13 @@ impl TransformerEmbedder {
                 if forward == Forward::Semtap && device.is_cpu() {
                     Encoder::Cpu(graph.to_cpu().map_err(weights_err)?)
                 } else {
-                    Encoder::Semtap(graph)
+                    Encoder::Tensor(TensorModel::Semtap(graph))
                 }
             }
-            Forward::CandleBert => Encoder::Candle(
+            Forward::CandleBert => Encoder::Tensor(TensorModel::Candle(
                 BertModel::load(vb, &config)
                     .map_err(|e| EmbedError::Model(format!("{}: {e}", files.weights.display())))?,
-            ),
+            )),
         };
         Ok(TransformerEmbedder {
             model,
@@ -405,31 +410,34 @@ impl TransformerEmbedder {
                 }
                 continue;
             }
-            if let Encoder::Cpu(m) = &self.model {
-                let mut seqs = Vec::with_capacity(chunk.len());
-                for &i in chunk {
-                    let (ids, types) = (encs[i].get_ids(), encs[i].get_type_ids());
-                    match (ids.get(..lens[i]), types.get(..lens[i])) {
-                        (Some(ids), Some(types)) => seqs.push(Seq { ids, types }),
-                        _ => {
-                            return Err(EmbedError::Tokenizer(
-                                "encoding shorter than its attention mask".into(),
-                            ))
+            let model = match &self.model {
+                Encoder::Tensor(t) => t,
+                Encoder::Cpu(m) => {
+                    let mut seqs = Vec::with_capacity(chunk.len());
+                    for &i in chunk {
+                        let (ids, types) = (encs[i].get_ids(), encs[i].get_type_ids());
+                        match (ids.get(..lens[i]), types.get(..lens[i])) {
+                            (Some(ids), Some(types)) => seqs.push(Seq { ids, types }),
+                            _ => {
+                                return Err(EmbedError::Tokenizer(
+                                    "encoding shorter than its attention mask".into(),
+                                ))
+                            }
                         }
                     }
+                    let chunk_lens: Vec<usize> = chunk.iter().map(|&i| lens[i]).collect();
+                    let states = m
+                        .forward(&seqs)
+                        .map_err(|e| EmbedError::Model(e.to_string()))?;
+                    for (&i, row) in chunk
+                        .iter()
+                        .zip(mean_pool(&states, &chunk_lens, self.hidden))
+                    {
+                        out[i] = row;
+                    }
+                    continue;
                 }
-                let chunk_lens: Vec<usize> = chunk.iter().map(|&i| lens[i]).collect();
-                let states = m
-                    .forward(&seqs)
-                    .map_err(|e| EmbedError::Model(e.to_string()))?;
-                for (&i, row) in chunk
-                    .iter()
-                    .zip(mean_pool(&states, &chunk_lens, self.hidden))
-                {
-                    out[i] = row;
-                }
-                continue;
-            }
+            };
             let b = chunk.len();
             let mut ids = Vec::with_capacity(b * width);
             let mut types = Vec::with_capacity(b * width);
@@ -446,7 +454,7 @@ impl TransformerEmbedder {
                 mask.extend(take(e.get_attention_mask())?);
             }
             let rows = self
-                .forward_pooled(ids, types, mask, b, width)
+                .forward_pooled(model, ids, types, mask, b, width)
                 .map_err(model_err)?;
             for (&i, row) in chunk.iter().zip(rows) {
                 out[i] = row;
@@ -459,6 +467,7 @@ impl TransformerEmbedder {
     /// Pooling(mean) + Normalize: sum / max(count, 1e-9), then x / max(|x|, 1e-12)).
     fn forward_pooled(
         &self,
+        model: &TensorModel,
         ids: Vec<u32>,
         types: Vec<u32>,
         mask: Vec<u32>,
@@ -469,7 +478,7 @@ impl TransformerEmbedder {
         let ids = Tensor::from_vec(ids, (b, width), &self.device)?;
         let types = Tensor::from_vec(types, (b, width), &self.device)?;
         let mask = Tensor::from_vec(mask, (b, width), &self.device)?;
-        let hidden = self.model.forward(&ids, &types, &mask, padded)?;
+        let hidden = model.forward(&ids, &types, &mask, padded)?;
         let mask_f = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&mask_f)?.sum(1)?;
         let counts = mask_f.sum(1)?.clamp(1e-9f32, f32::MAX)?;
@@ -510,24 +519,27 @@ impl TokenEncoder for TransformerEmbedder {
             if width == 0 {
                 continue;
             }
-            if let Encoder::Cpu(m) = &self.model {
-                let zeros = vec![0u32; width];
-                let seqs: Vec<Seq> = chunk
-                    .iter()
-                    .map(|&i| Seq {
-                        ids: &batch[i],
-                        types: &zeros[..batch[i].len()],
-                    })
-                    .collect();
-                let states = m
-                    .forward(&seqs)
-                    .map_err(|e| EmbedError::Input(e.to_string()))?;
-                let mut rows = states.chunks_exact(self.hidden).map(<[f32]>::to_vec);
-                for &i in chunk {
-                    out[i] = rows.by_ref().take(batch[i].len()).collect();
+            let model = match &self.model {
+                Encoder::Tensor(t) => t,
+                Encoder::Cpu(m) => {
+                    let zeros = vec![0u32; width];
+                    let seqs: Vec<Seq> = chunk
+                        .iter()
+                        .map(|&i| Seq {
+                            ids: &batch[i],
+                            types: &zeros[..batch[i].len()],
+                        })
+                        .collect();
+                    let states = m
+                        .forward(&seqs)
+                        .map_err(|e| EmbedError::Input(e.to_string()))?;
+                    let mut rows = states.chunks_exact(self.hidden).map(<[f32]>::to_vec);
+                    for &i in chunk {
+                        out[i] = rows.by_ref().take(batch[i].len()).collect();
+                    }
+                    continue;
                 }
-                continue;
-            }
+            };
             let b = chunk.len();
             let mut ids = Vec::with_capacity(b * width);
             let mut mask = Vec::with_capacity(b * width);
@@ -543,7 +555,7 @@ impl TokenEncoder for TransformerEmbedder {
                 let types = ids.zeros_like()?;
                 let mask = Tensor::from_vec(mask, (b, width), &self.device)?;
                 let padded = chunk.iter().any(|&i| batch[i].len() < width);
-                self.model
+                model
                     .forward(&ids, &types, &mask, padded)?
                     .to_dtype(DType::F32)?
                     .to_vec3::<f32>()
