@@ -18,7 +18,8 @@ const LENGTH_WEIGHT: f64 = 0.5;
 /// length term in the outlier nonconformity (the larger of the two counts). Chosen on
 /// docs/EVALUATION.md's anomaly stream: 0.5 raised the outlier AUROC on error text
 /// 0.87 → 0.94, garbled 0.77 → 0.90, truncated 0.74 → 0.85 while costing refusals, loops and
-/// non-English (which have their own flags or stay ≥ 0.95) at most 0.03; 1.0 cost more.
+/// non-English (which have their own flags or stay ≥ 0.95) at most 0.03; 1.0 cost more (the
+/// alternatives were tried with a temporary override, not kept).
 const LEXICAL_WEIGHT: f64 = 0.5;
 
 /// One reference answer.
