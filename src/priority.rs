@@ -34,6 +34,31 @@ pub fn background_thread() -> bool {
     }
 }
 
+/// Puts the calling thread in the kernel's idle class (Linux `SCHED_IDLE`): it runs only on
+/// CPU time no normal thread wants. For the semantic engine and the transformer tier, whose
+/// work is a sample by design: at saturation they would otherwise take a share of the cores
+/// from forwarding (nice 10 still gets ~10% of a core per busy thread and measurably cut the
+/// proxy's saturated throughput, BENCHMARKS.md). Falls back to [`background_thread`] where the
+/// class is refused or not available; true when the idle class was taken.
+pub fn idle_thread() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `param` is a valid sched_param for the duration of the call; pid 0 is the
+        // calling thread.
+        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        if rc == 0 {
+            return true;
+        }
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "could not put a background thread in the idle class"
+        );
+    }
+    background_thread();
+    false
+}
+
 #[cfg(test)]
 mod tests {
     #[cfg(target_os = "linux")]
@@ -55,5 +80,20 @@ mod tests {
             assert!(inside >= super::BACKGROUND_NICE, "nice {inside}");
         }
         assert_eq!(nice(), before, "the calling thread is untouched");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_idle_thread_takes_the_idle_class_and_others_keep_theirs() {
+        // SAFETY: sched_getscheduler takes a pid (0: the calling thread).
+        let policy = || unsafe { libc::sched_getscheduler(0) };
+        let before = policy();
+        let (applied, inside) = std::thread::spawn(move || (super::idle_thread(), policy()))
+            .join()
+            .unwrap();
+        if applied {
+            assert_eq!(inside, libc::SCHED_IDLE);
+        }
+        assert_eq!(policy(), before, "the calling thread is untouched");
     }
 }

@@ -3,13 +3,15 @@
 //!
 //! The data path only ever calls [`Submitter::submit`], a `try_send`: when the queue is full
 //! the capture is dropped and counted (`semtap_records_dropped_total{reason="queue_full"}`),
-//! and the request is never delayed.
+//! and the request is never delayed. Nor does it wake the analysis thread: that thread polls
+//! the queue ([`poll`]), so handing over a capture costs the data path no system call.
 
 pub mod assemble;
 pub mod capture_file;
+pub mod poll;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -20,6 +22,7 @@ use crate::metrics::{Counter, Metrics};
 use crate::protocol::RouteMatch;
 use crate::record::{ExchangeRecord, Outcome, RateLimit};
 use crate::tap::body::BudgetHold;
+use poll::Backoff;
 
 /// A captured body: the first bytes of it (up to the capture cap) and its real length.
 #[derive(Debug, Default)]
@@ -220,7 +223,8 @@ fn run_worker(
     decompressed_cap: usize,
 ) {
     let depth_gauge = shared.metrics.gauge("semtap.analysis.queue_depth", &[]);
-    while let Ok(capture) = rx.recv() {
+    let mut backoff = Backoff::new();
+    while let Some(capture) = next_capture(&rx, &mut backoff) {
         let depth = shared
             .depth
             .fetch_sub(1, Ordering::Relaxed)
@@ -233,6 +237,21 @@ fn run_worker(
         let sinks = sinks.lock().clone();
         for s in &sinks {
             s.accept(&record);
+        }
+    }
+}
+
+/// The next capture, or `None` once every submitter is gone and the queue is drained. The
+/// thread polls (see [`poll`]): the data path's `try_send` never has to wake it.
+fn next_capture(rx: &Receiver<Capture>, backoff: &mut Backoff) -> Option<Capture> {
+    loop {
+        match rx.try_recv() {
+            Ok(capture) => {
+                backoff.reset();
+                return Some(capture);
+            }
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) => backoff.idle(),
         }
     }
 }

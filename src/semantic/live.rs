@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use super::review::{BatchEmbedder, Review, ReviewConfig, Reviewer};
 use super::TextEmbedder;
 use crate::admin::Health;
 use crate::metrics::Metrics;
+use crate::pipeline::poll::Backoff;
 use crate::pipeline::RecordSink;
 use crate::record::ExchangeRecord;
 
@@ -82,7 +83,7 @@ impl SemanticSink {
             std::thread::Builder::new()
                 .name("semtap-semantic".into())
                 .spawn(move || {
-                    crate::priority::background_thread();
+                    crate::priority::idle_thread();
                     run(rx, engine, metrics, health, sinks, state_dir, depth)
                 })?;
         }
@@ -176,7 +177,12 @@ fn run(
     let mut dirty = false;
     let mut tier: Option<&'static str> = None;
     let mut reviewer: Option<Box<Reviewer>> = None;
+    // Metric handles looked up once, not per record (a lookup takes the registry's lock).
     let lag = metrics.histogram("semtap.semantic.lag", &[]);
+    let queue_depth = metrics.gauge("semtap.semantic.queue_depth", &[]);
+    let mut embeddings: Option<crate::metrics::Counter> = None;
+    let mut drift_gauges: std::collections::HashMap<String, crate::metrics::Gauge> =
+        std::collections::HashMap::new();
     let save = |engine: &Engine| {
         // Without a model there is nothing worth keeping, and writing would replace the
         // baselines a previous run learned with one.
@@ -189,18 +195,24 @@ fn run(
             }
         }
     };
+    // Polled, not blocked on: the analysis thread's `try_send` never has to wake this one.
+    let mut backoff = Backoff::new();
     loop {
-        let msg = match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(m) => Some(m),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break,
+        let msg = match rx.try_recv() {
+            Ok(m) => {
+                backoff.reset();
+                Some(m)
+            }
+            Err(TryRecvError::Empty) => {
+                backoff.idle();
+                None
+            }
+            Err(TryRecvError::Disconnected) => break,
         };
         match msg {
             Some(Msg::Record(rec)) => {
                 let left = depth.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
-                metrics
-                    .gauge("semtap.semantic.queue_depth", &[])
-                    .set(left as f64);
+                queue_depth.set(left as f64);
                 let (analysis, events) = engine.lock().process(&rec);
                 // From the exchange's end to its analysis: what queueing behind the engine costs.
                 let now_ms = std::time::SystemTime::now()
@@ -212,17 +224,28 @@ fn run(
                 }
                 if let (Some(tier), n) = (tier, analysis.embedded) {
                     if n > 0 {
-                        metrics
-                            .counter("semtap.embeddings", &[("tier", tier)])
+                        embeddings
+                            .get_or_insert_with(|| {
+                                metrics.counter("semtap.embeddings", &[("tier", tier)])
+                            })
                             .add(u64::from(n));
                     }
                 }
-                metrics
-                    .gauge(
-                        "semtap.drift.score",
-                        &[("semtap.key", analysis.key.as_str())],
-                    )
-                    .set(analysis.drift);
+                // A gauge per baseline key, cached up to a bound (keys past the engine's
+                // max_keys still get a lookup, not a cache entry).
+                match drift_gauges.get(analysis.key.as_str()) {
+                    Some(g) => g.set(analysis.drift),
+                    None => {
+                        let g = metrics.gauge(
+                            "semtap.drift.score",
+                            &[("semtap.key", analysis.key.as_str())],
+                        );
+                        g.set(analysis.drift);
+                        if drift_gauges.len() < DRIFT_GAUGES_CACHED {
+                            drift_gauges.insert(analysis.key.clone(), g);
+                        }
+                    }
+                }
                 dirty = true;
                 publish(&metrics, &sinks, &rec, &analysis, &events);
                 if let Some(r) = &reviewer {
@@ -239,6 +262,7 @@ fn run(
             }
             Some(Msg::Embedder(e)) => {
                 tier = Some(e.tier());
+                embeddings = None;
                 let mut eng = engine.lock();
                 eng.set_embedder(e);
                 if let Some(p) = &path {
@@ -287,6 +311,9 @@ fn run(
     }
     save(&engine.lock());
 }
+
+/// Drift-score gauge handles the engine thread keeps (one per key).
+const DRIFT_GAUGES_CACHED: usize = 1024;
 
 fn e_tier(t: Option<&'static str>) -> &'static str {
     t.unwrap_or("no")

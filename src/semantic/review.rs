@@ -171,7 +171,7 @@ impl Reviewer {
         std::thread::Builder::new()
             .name("semtap-transformer".into())
             .spawn(move || {
-                crate::priority::background_thread();
+                crate::priority::idle_thread();
                 worker.run(rx)
             })?;
         tracing::info!(%device, "live transformer tier started");
@@ -389,7 +389,7 @@ impl Worker {
             .num_threads(self.cfg.threads.max(1))
             .thread_name(|i| format!("semtap-transformer-{i}"))
             .start_handler(|_| {
-                crate::priority::background_thread();
+                crate::priority::idle_thread();
             })
             .build();
         match pool {
