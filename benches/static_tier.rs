@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use semtap::record::{Api, ExchangeRecord, Outcome};
+use semtap::pipeline::assemble::estimate_tokens;
+use semtap::record::{Api, ExchangeRecord, Outcome, Usage};
 use semtap::semantic::engine::{Engine, EngineConfig};
 use semtap::semantic::load::StaticEmbedder;
 use semtap::semantic::static_tier::StaticTable;
@@ -264,6 +265,13 @@ fn engine_summary(path: &Path, texts: &[String]) {
             response: text.to_string(),
             prompt: Some("Explain how the retry logic of the client library works.".into()),
             finish_reasons: vec!["stop".into()],
+            // The tap's pipeline fills the output count (usage, or its estimate) before the
+            // engine sees a record.
+            usage: Usage {
+                output_tokens: Some(estimate_tokens(text)),
+                estimated: true,
+                ..Usage::default()
+            },
             ..ExchangeRecord::default()
         }
     };
@@ -286,7 +294,7 @@ fn engine_summary(path: &Path, texts: &[String]) {
         }
         let recs: Vec<ExchangeRecord> = set.iter().cycle().take(256).map(|t| next(t)).collect();
         let mut best = 0f64;
-        for _ in 0..10 {
+        for _ in 0..windows() {
             let start = Instant::now();
             for rec in &recs {
                 black_box(engine.process(black_box(rec)));
@@ -300,6 +308,15 @@ fn engine_summary(path: &Path, texts: &[String]) {
         );
     }
     println!();
+}
+
+/// Timing windows per engine case: 10, or `STATIC_TIER_ENGINE_WINDOWS` (a longer run to
+/// profile, e.g. under `perf record`).
+fn windows() -> usize {
+    std::env::var("STATIC_TIER_ENGINE_WINDOWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10)
 }
 
 fn main() {
@@ -341,6 +358,12 @@ fn main() {
         }
     }
 
+    if std::env::var_os("STATIC_TIER_ENGINE_ONLY").is_some() {
+        if let Some((_, texts)) = setup.texts.iter().find(|(n, _)| *n == 256) {
+            engine_summary(&path, texts);
+        }
+        return;
+    }
     if !test_mode {
         summary(&setup, &path);
         if let Some((_, texts)) = setup.texts.iter().find(|(n, _)| *n == 256) {

@@ -318,13 +318,27 @@ pub fn estimate_tokens(text: &str) -> u64 {
             }
         }
     };
-    for ch in text.chars() {
-        if ch.is_alphanumeric() {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        // ASCII (most of any answer) by byte; other characters decoded one at a time.
+        let (alnum, space) = if b < 0x80 {
+            i += 1;
+            (b.is_ascii_alphanumeric(), b.is_ascii_whitespace())
+        } else {
+            let Some(ch) = text[i..].chars().next() else {
+                break;
+            };
+            i += ch.len_utf8();
+            (ch.is_alphanumeric(), ch.is_whitespace())
+        };
+        if alnum {
             word_len += 1;
         } else {
             n += flush(word_len);
             word_len = 0;
-            if !ch.is_whitespace() {
+            if !space {
                 n += 1;
             }
         }
@@ -356,6 +370,38 @@ mod tests {
         let n = estimate_tokens("The quick brown fox jumps over the lazy dog.");
         assert!((9..=12).contains(&n), "{n}");
         assert_eq!(estimate_tokens(""), 0);
+    }
+
+    #[test]
+    fn token_estimate_counts_non_ascii_text_as_the_char_rule_says() {
+        // The rule, char by char: runs of alphanumerics count 1 (≤ 6 chars) or len/5 rounded
+        // up; every other non-space char counts 1.
+        let by_chars = |text: &str| {
+            let (mut n, mut run) = (0u64, 0usize);
+            let flush = |len: usize| match len {
+                0 => 0,
+                1..=6 => 1,
+                _ => len.div_ceil(5) as u64,
+            };
+            for ch in text.chars() {
+                if ch.is_alphanumeric() {
+                    run += 1;
+                } else {
+                    n += flush(run);
+                    run = 0;
+                    n += u64::from(!ch.is_whitespace());
+                }
+            }
+            n + flush(run)
+        };
+        for t in [
+            "Grüße aus München — größte Straße!",
+            "日本語のテキストと English words, mixed.",
+            "tab\tseparated\u{a0}no-break\u{2003}em-space ∑ x² ≤ 10",
+            "\u{fffd}\u{fffd} broken \u{0}",
+        ] {
+            assert_eq!(estimate_tokens(t), by_chars(t), "{t}");
+        }
     }
 
     #[test]

@@ -388,20 +388,79 @@ pub fn knn_distance<'a>(v: &[f32], others: impl Iterator<Item = &'a [f32]>) -> f
     found.iter().map(|&c| 1.0 - f64::from(c)).sum::<f64>() / found.len() as f64
 }
 
-/// Dot product (cosine for unit vectors).
+/// Dot product (cosine for unit vectors). The kNN score takes one per reference answer, so
+/// this is the static tier's hottest loop: AVX2 where the CPU has it (the default x86-64
+/// target only has SSE2), chosen at run time.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f32; 8];
-    let chunks = n / 8;
-    for c in 0..chunks {
-        for l in 0..8 {
-            acc[l] += a[c * 8 + l] * b[c * 8 + l];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            return unsafe { dot_avx2(a, b) };
         }
     }
-    let mut s: f32 = acc.iter().sum();
-    for i in chunks * 8..n {
+    dot_portable(a, b)
+}
+
+/// [`dot`] with AVX2/FMA intrinsics: four 8-wide accumulators (auto-vectorisation of the
+/// portable loop shuffled more than it multiplied).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    // SAFETY (all loads): i + 32 <= n, resp. i + 8 <= n, and both slices hold n values.
+    while i + 32 <= n {
+        for (j, acc) in acc.iter_mut().enumerate() {
+            let x = _mm256_loadu_ps(pa.add(i + 8 * j));
+            let y = _mm256_loadu_ps(pb.add(i + 8 * j));
+            *acc = _mm256_fmadd_ps(x, y, *acc);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        let x = _mm256_loadu_ps(pa.add(i));
+        let y = _mm256_loadu_ps(pb.add(i));
+        acc[0] = _mm256_fmadd_ps(x, y, acc[0]);
+        i += 8;
+    }
+    let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+    let mut s: f32 = lanes.iter().sum();
+    while i < n {
         s += a[i] * b[i];
+        i += 1;
+    }
+    s
+}
+
+/// 32 independent lanes (four 8-wide registers), so the compiler vectorises the reduction
+/// and the adds do not wait on each other.
+#[inline(always)]
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 32];
+    let (ca, cb) = (a.chunks_exact(32), b.chunks_exact(32));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..32 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s = tail;
+    for part in acc.chunks_exact(8) {
+        s += part.iter().sum::<f32>();
     }
     s
 }
@@ -409,6 +468,27 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot_matches_a_plain_sum_at_every_length() {
+        let mut u = Uniforms::new(3);
+        for n in (0..70).chain([383, 384, 385]) {
+            let a: Vec<f32> = (0..n).map(|_| u.next_f64() as f32 - 0.5).collect();
+            let b: Vec<f32> = (0..n).map(|_| u.next_f64() as f32 - 0.5).collect();
+            let plain: f64 = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| f64::from(*x) * f64::from(*y))
+                .sum();
+            assert!((f64::from(dot(&a, &b)) - plain).abs() < 1e-4, "n = {n}");
+            assert!(
+                (f64::from(dot_portable(&a, &b)) - plain).abs() < 1e-4,
+                "n = {n}"
+            );
+        }
+        // Unequal lengths: the common prefix.
+        assert_eq!(dot(&[1.0, 2.0, 3.0], &[1.0, 1.0]), 3.0);
+    }
     use crate::semantic::conformal::Uniforms;
 
     fn unit(v: Vec<f32>) -> Vec<f32> {

@@ -74,13 +74,23 @@ pub fn binomial_sf(k: u64, n: u64, p: f64) -> f64 {
         return 0.0;
     }
     let p = p.clamp(1e-12, 1.0 - 1e-12);
-    // Sum the pmf from k to n in log space (n is a window size: small).
+    // The first term from a table of ln(n!), the rest by the pmf's ratio recurrence: one exp
+    // and no log per term (the engine evaluates this per monitor per answer).
     let ln_p = p.ln();
     let ln_q = (1.0 - p).ln();
+    let ratio = p / (1.0 - p);
+    let mut ln_pmf = ln_choose(n, k) + k as f64 * ln_p + (n - k) as f64 * ln_q;
     let mut total = 0.0f64;
     for i in k..=n {
-        let ln_pmf = ln_choose(n, i) + i as f64 * ln_p + (n - i) as f64 * ln_q;
-        total += ln_pmf.exp();
+        let pmf = ln_pmf.exp();
+        total += pmf;
+        // Past the mode the terms only shrink: stop once they no longer count.
+        if pmf < total * 1e-17 && i as f64 >= n as f64 * p {
+            break;
+        }
+        if i < n {
+            ln_pmf += ((n - i) as f64 / (i + 1) as f64 * ratio).ln();
+        }
     }
     total.min(1.0)
 }
@@ -89,8 +99,30 @@ fn ln_choose(n: u64, k: u64) -> f64 {
     ln_factorial(n) - ln_factorial(k) - ln_factorial(n - k)
 }
 
+/// Entries in the ln(n!) table; windows are far smaller, larger n use Stirling's series.
+const LN_FACTORIALS: usize = 4096;
+
 fn ln_factorial(n: u64) -> f64 {
-    (1..=n).map(|i| (i as f64).ln()).sum()
+    static TABLE: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut acc = 0.0f64;
+        let mut t = Vec::with_capacity(LN_FACTORIALS);
+        t.push(0.0);
+        for i in 1..LN_FACTORIALS {
+            acc += (i as f64).ln();
+            t.push(acc);
+        }
+        t
+    });
+    match table.get(n as usize) {
+        Some(v) => *v,
+        None => {
+            // Stirling's series; error below 1e-12 for n ≥ 4096.
+            let x = n as f64;
+            x * x.ln() - x + 0.5 * (2.0 * std::f64::consts::PI * x).ln() + 1.0 / (12.0 * x)
+                - 1.0 / (360.0 * x * x * x)
+        }
+    }
 }
 
 /// A deterministic stream of uniforms in [0, 1) from a seed (splitmix64), for smoothed
@@ -194,5 +226,31 @@ mod tests {
         assert!((binomial_sf(1, 10, 0.1) - (1.0 - 0.9f64.powi(10))).abs() < 1e-9);
         assert!(binomial_sf(10, 10, 0.5) - 0.5f64.powi(10) < 1e-12);
         assert_eq!(binomial_sf(0, 5, 0.3), 1.0);
+        // Against the direct sum in log space, inside and past the ln(n!) table.
+        let direct = |k: u64, n: u64, p: f64| -> f64 {
+            let lf = |m: u64| (1..=m).map(|i| (i as f64).ln()).sum::<f64>();
+            (k..=n)
+                .map(|i| {
+                    (lf(n) - lf(i) - lf(n - i)
+                        + i as f64 * p.ln()
+                        + (n - i) as f64 * (1.0 - p).ln())
+                    .exp()
+                })
+                .sum::<f64>()
+                .min(1.0)
+        };
+        for (k, n, p) in [
+            (3, 50, 0.01),
+            (12, 50, 0.2),
+            (1, 200, 0.3),
+            (40, 5000, 0.005),
+            (2600, 5000, 0.5),
+        ] {
+            let (got, want) = (binomial_sf(k, n, p), direct(k, n, p));
+            assert!(
+                (got - want).abs() <= 1e-9 * want.max(1e-300) + 1e-15,
+                "{k} {n} {p}: {got} vs {want}"
+            );
+        }
     }
 }

@@ -79,22 +79,7 @@ pub fn profile(text: &str) -> [f32; FEATURES] {
             foreign += 2;
         }
     }
-    let mut words = 0usize;
-    let mut word_chars = 0usize;
-    let mut seen: Vec<u64> = Vec::with_capacity(256);
-    for w in head.split_whitespace() {
-        let w = w.trim_matches(|c: char| c.is_ascii_punctuation());
-        if w.is_empty() {
-            continue;
-        }
-        words += 1;
-        word_chars += w.chars().count().min(20);
-        if words <= SCAN_WORDS {
-            seen.push(word_hash(w));
-        }
-    }
-    seen.sort_unstable();
-    seen.dedup();
+    let (words, word_chars, distinct) = word_stats(head);
     let share = |n: usize, of: usize| if of == 0 { 0.0 } else { n as f32 / of as f32 };
     [
         share(letters, non_space),
@@ -107,7 +92,7 @@ pub fn profile(text: &str) -> [f32; FEATURES] {
         } else {
             word_chars as f32 / words as f32
         },
-        share(seen.len(), words.min(SCAN_WORDS)),
+        share(distinct, words.min(SCAN_WORDS)),
         100.0 * share(newlines, chars),
         if ends_finished(text) { 1.0 } else { 0.0 },
     ]
@@ -147,9 +132,119 @@ const ASCII_CLASS: [u8; 128] = {
     t
 };
 
+/// Words (whitespace-separated, ASCII punctuation trimmed off both ends), their characters
+/// (each word counted up to 20) and the distinct words among the first [`SCAN_WORDS`] (case
+/// folded): what `split_whitespace` and a sorted list of hashes would give, in one pass over
+/// the bytes with a reused hash table.
+fn word_stats(head: &str) -> (usize, usize, usize) {
+    thread_local! {
+        static SEEN: std::cell::RefCell<Distinct> = std::cell::RefCell::new(Distinct::new());
+    }
+    SEEN.with(|seen| {
+        let mut seen = seen.borrow_mut();
+        seen.start();
+        let b = head.as_bytes();
+        let (mut words, mut word_chars) = (0usize, 0usize);
+        let mut word = |start: usize, end: usize, seen: &mut Distinct| {
+            let (mut s, mut e) = (start, end);
+            while s < e && b[s].is_ascii_punctuation() {
+                s += 1;
+            }
+            while e > s && b[e - 1].is_ascii_punctuation() {
+                e -= 1;
+            }
+            if s == e {
+                return;
+            }
+            words += 1;
+            // Characters: bytes that do not continue a UTF-8 sequence.
+            word_chars += b[s..e]
+                .iter()
+                .filter(|&&x| x & 0xC0 != 0x80)
+                .count()
+                .min(20);
+            if words <= SCAN_WORDS {
+                seen.insert(word_hash(&b[s..e]));
+            }
+        };
+        let mut start: Option<usize> = None;
+        let mut i = 0;
+        while i < b.len() {
+            let x = b[i];
+            let (space, len) = if x < 0x80 {
+                (x.is_ascii_whitespace() || x == 0x0B, 1)
+            } else {
+                match head[i..].chars().next() {
+                    Some(c) => (c.is_whitespace(), c.len_utf8()),
+                    None => break,
+                }
+            };
+            match (space, start) {
+                (true, Some(st)) => {
+                    word(st, i, &mut seen);
+                    start = None;
+                }
+                (false, None) => start = Some(i),
+                _ => {}
+            }
+            i += len;
+        }
+        if let Some(st) = start {
+            word(st, b.len(), &mut seen);
+        }
+        (words, word_chars, seen.len)
+    })
+}
+
+/// A set of word hashes reused across calls: a generation stamp per slot instead of clearing.
+struct Distinct {
+    slots: Vec<(u64, u32)>,
+    generation: u32,
+    len: usize,
+}
+
+impl Distinct {
+    /// Twice [`SCAN_WORDS`], so the table is at most half full.
+    const SLOTS: usize = (2 * SCAN_WORDS).next_power_of_two();
+
+    fn new() -> Distinct {
+        Distinct {
+            slots: vec![(0, 0); Self::SLOTS],
+            generation: 0,
+            len: 0,
+        }
+    }
+
+    fn start(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            self.slots.fill((0, 0));
+            self.generation = 1;
+        }
+        self.len = 0;
+    }
+
+    fn insert(&mut self, h: u64) {
+        let mask = Self::SLOTS - 1;
+        let mut i = (h as usize) & mask;
+        loop {
+            let slot = &mut self.slots[i];
+            if slot.1 != self.generation {
+                *slot = (h, self.generation);
+                self.len += 1;
+                return;
+            }
+            if slot.0 == h {
+                return;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+}
+
 /// FNV-1a of the word's bytes, ASCII letters folded to lower case (no allocation per word).
-fn word_hash(w: &str) -> u64 {
-    w.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+fn word_hash(w: &[u8]) -> u64 {
+    w.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b.to_ascii_lowercase())).wrapping_mul(0x0100_0000_01b3)
     })
 }
@@ -188,6 +283,40 @@ pub const TERM_CAP: f64 = 10.0;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn word_stats_equal_split_whitespace_and_a_sorted_hash_list() {
+        let naive = |head: &str| {
+            let (mut words, mut chars) = (0usize, 0usize);
+            let mut seen = Vec::new();
+            for w in head.split_whitespace() {
+                let w = w.trim_matches(|c: char| c.is_ascii_punctuation());
+                if w.is_empty() {
+                    continue;
+                }
+                words += 1;
+                chars += w.chars().count().min(20);
+                if words <= SCAN_WORDS {
+                    seen.push(w.to_ascii_lowercase());
+                }
+            }
+            seen.sort_unstable();
+            seen.dedup();
+            (words, chars, seen.len())
+        };
+        let long: String = (0..3000).map(|i| format!("w{} ", i % 1500)).collect();
+        for t in [
+            "",
+            "   ",
+            "Hello, world! Hello again -- (world).",
+            "Grüße\u{a0}aus\u{3000}München\u{b}und\u{85}Köln; \"Straße\" ... ???",
+            "x\ty\nz\r\nA a A. a!",
+            "averyveryverylongwordthatgoesonandon and 日本語のテキスト",
+            long.as_str(),
+        ] {
+            assert_eq!(word_stats(t), naive(t), "{t:?}");
+        }
+    }
 
     const PROSE: &str =
         "The json module encodes Python objects as JSON text. Use dumps() to get a \
