@@ -19,6 +19,7 @@ use super::incidents::{
 use super::lexical;
 use super::mmd::MmdMonitor;
 use super::monitors::{ModelMonitor, RateMonitor, RateSettings, ValueMonitor};
+use super::overlap::{prompt_terms, PromptTerms};
 use super::TextEmbedder;
 use crate::pipeline::assemble::estimate_tokens;
 use crate::record::{Api, ExchangeRecord, Outcome};
@@ -107,6 +108,9 @@ struct KeyState {
     /// martingale must not resolve the shared `drift` incident under it.
     #[serde(default)]
     external_drift: bool,
+    /// The key's prompt vocabulary, for the term overlap in relevance.
+    #[serde(default)]
+    prompt_terms: PromptTerms,
 }
 
 impl KeyState {
@@ -131,6 +135,7 @@ impl KeyState {
             last_ms: now_ms,
             mmd: MmdMonitor::default(),
             external_drift: false,
+            prompt_terms: PromptTerms::default(),
         }
     }
 }
@@ -165,7 +170,14 @@ pub struct Engine {
     refusal_vectors: Vec<Vec<f32>>,
     overflow_keys: u64,
     prefix: String,
+    /// Scratch: the current prompt's terms.
+    terms: Vec<u64>,
 }
+
+/// Weight of the term overlap (0–1) added to the prompt–answer cosine in the relevance
+/// score. On the evaluation streams the overlap separates off-topic answers far better than
+/// the static tier's cosine (docs/EVALUATION.md); chosen there.
+pub const OVERLAP_WEIGHT: f64 = 1.0;
 
 /// The baseline key: `<listener>/<provider>/<request model>[/<route>]`.
 pub fn key_of(rec: &ExchangeRecord) -> String {
@@ -237,6 +249,7 @@ impl Engine {
             refusal_vectors,
             overflow_keys: 0,
             prefix: id_prefix.to_string(),
+            terms: Vec::new(),
         }
     }
 
@@ -315,13 +328,13 @@ impl Engine {
         // key limit reach: no prompt embedding for the rest.
         let scored = rec.outcome == Outcome::Complete
             && (self.keys.contains_key(&key) || self.keys.len() < self.cfg.max_keys);
-        let relevance = match (&self.embedder, &vector, rec.prompt.as_deref()) {
+        let cosine = match (&self.embedder, &vector, rec.prompt.as_deref()) {
             (Some(e), Some(v), Some(p)) if scored && !p.trim().is_empty() => {
                 Some(f64::from(dot(&e.embed(p), v)))
             }
             _ => None,
         };
-        let embedded = u32::from(vector.is_some()) + u32::from(relevance.is_some());
+        let embedded = u32::from(vector.is_some()) + u32::from(cosine.is_some());
 
         // Refusal: phrasing, raised by closeness to refusal exemplars.
         if let (Some(v), Some(r)) = (&vector, cheap.iter_mut().find(|c| c.flag == Flag::Refusal)) {
@@ -370,6 +383,18 @@ impl Engine {
             .entry(key.clone())
             .or_insert_with(|| KeyState::new(&self.cfg, now));
         st.last_ms = now;
+        // Relevance: the cosine of prompt and answer, plus how much of the prompt's particular
+        // vocabulary the answer mentions (overlap.rs); the prompt then joins the key's
+        // vocabulary.
+        let relevance = match (cosine, rec.prompt.as_deref()) {
+            (Some(c), Some(p)) => {
+                prompt_terms(p, &mut self.terms);
+                let o = st.prompt_terms.overlap(&self.terms, &rec.response);
+                st.prompt_terms.observe(&self.terms);
+                Some(c + OVERLAP_WEIGHT * o.unwrap_or(0.0))
+            }
+            _ => None,
+        };
         let mut verdicts: Vec<(IncidentKind, Verdict)> = Vec::new();
         let alpha = self.cfg.alpha;
         let warming_up = !st.reference.is_ready();

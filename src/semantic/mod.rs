@@ -12,6 +12,7 @@ pub mod lexical;
 pub mod mmd;
 pub mod model;
 pub mod monitors;
+pub mod overlap;
 pub mod review;
 pub mod static_tier;
 pub mod testing;
