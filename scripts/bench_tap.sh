@@ -5,6 +5,7 @@
 # All side by side in one run, so ratios are comparable on a noisy machine.
 #
 #   ./scripts/bench_tap.sh [seconds-per-run]      (default 10)
+#   SEMTAP_CONFIG=semantic-off.toml ./scripts/bench_tap.sh 5
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS="${1:-10}"
@@ -67,9 +68,12 @@ http {
 }
 NGX
 nginx -c "$WORK/nginx.conf"
-RUST_LOG=warn "$TARGET/release/semtap" run --listen 127.0.0.1:18003 --upstream http://127.0.0.1:18001 --admin 127.0.0.1:18004 >"$WORK/semtap.log" 2>&1 &
+# SEMTAP_CONFIG=FILE runs semtap with that config (e.g. `[semantic] enabled = false` to
+# measure the proxy without the engine); the flags below override its listener and upstream.
+RUST_LOG=warn "$TARGET/release/semtap" run ${SEMTAP_CONFIG:+--config "$SEMTAP_CONFIG"} \
+  --listen 127.0.0.1:18003 --upstream http://127.0.0.1:18001 --admin 127.0.0.1:18004 >"$WORK/semtap.log" 2>&1 &
 echo $! > "$WORK/semtap.pid"
-sleep 1
+wait_ready http://127.0.0.1:18004 || { cat "$WORK/semtap.log" >&2; exit 1; }
 
 declare -A URL=([direct]=18001 [semtap]=18003 [nginx]=18002)
 cat > "$WORK/post.lua" <<LUA

@@ -22,3 +22,17 @@ make_work() {
   WORK="$(mktemp -d)"
   trap 'kill $(cat "$WORK"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 }
+
+# Waits (up to $2 seconds, default 120) until semtap's admin server at $1 reports every
+# component ok, so a benchmark does not time the model loading in the background.
+wait_ready() {
+  local admin="$1" limit="${2:-120}" i
+  for ((i = 0; i < limit * 4; i++)); do
+    if curl -s "$admin/status" | python3 -c 'import json,sys; c=json.load(sys.stdin).get("components",{}); sys.exit(0 if c and all(v.get("status")=="ok" for v in c.values()) else 1)' 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.25
+  done
+  echo "semtap at $admin not ready after ${limit}s" >&2
+  return 1
+}
