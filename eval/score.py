@@ -27,6 +27,11 @@ CHEAP = ["blank", "refusal", "repetition", "garbled", "error_text", "truncated"]
 WARMUP = 200  # the engine's default baseline size: no embedding score before it
 
 
+# The kinds where the answer's own text changes, the set the prototype measured the
+# outlier AUROC on (garbled, error text, refusal, loops, non-English).
+TEXT_KINDS = ("garbled", "error_text", "refusal", "repetition", "non_english")
+
+
 def replay(binary, model_dir, tier, stream, reuse):
     src = os.path.join(DATA, f"{stream}.jsonl")
     dst = os.path.join(OUT, f"{stream}.{tier}.jsonl")
@@ -187,7 +192,7 @@ def score_anomalies(tier, stream="anomalies"):
         neg = [fn(ex[lab["id"]]) for lab in normal]
         neg = [s for s in neg if s is not None]
         table = {"normal_scored": len(neg)}
-        allpos, contentpos = [], []
+        allpos, contentpos, textpos = [], [], []
         for kind in sorted({lab["kind"] for lab in injected}):
             pos = [fn(ex[lab["id"]]) for lab in injected if lab["kind"] == kind]
             pos = [s for s in pos if s is not None]
@@ -195,9 +200,12 @@ def score_anomalies(tier, stream="anomalies"):
             allpos += pos
             if kind not in ("truncated",):
                 contentpos += pos
+            if kind in TEXT_KINDS:
+                textpos += pos
         table["all_scored"] = {"n_scored": len(allpos), "auroc": r3(auroc(neg, allpos))}
         table["all_but_truncated"] = {"n_scored": len(contentpos),
                                       "auroc": r3(auroc(neg, contentpos))}
+        table["text_kinds"] = {"n_scored": len(textpos), "auroc": r3(auroc(neg, textpos))}
         res["auroc"][name] = table
     for i in inc:
         if i["state"] == "opened":
