@@ -16,19 +16,20 @@ pub const SCAN_BYTES: usize = 16 * 1024;
 const SCAN_WORDS: usize = 1000;
 
 /// Number of features in a profile.
-pub const FEATURES: usize = 9;
+pub const FEATURES: usize = 10;
 
 /// Per-feature floor of the spread a reference may report: a feature that is constant on a
 /// key's normal answers (say, every answer ends with a full stop) must still not turn a tiny
 /// difference into an infinite distance.
-pub const FLOORS: [f64; FEATURES] = [0.02, 0.01, 0.01, 0.02, 0.005, 0.2, 0.03, 0.1, 0.1];
+pub const FLOORS: [f64; FEATURES] = [0.02, 0.01, 0.01, 0.02, 0.005, 0.2, 0.03, 0.1, 0.1, 0.02];
 
 /// The profile of `text`:
 /// 0 letters, 1 digits, 2 ASCII punctuation (each a share of non-space characters),
 /// 3 upper case (share of letters), 4 non-ASCII (share of characters, U+FFFD and control
 /// characters count double), 5 mean word length (characters, capped at 20), 6 distinct words
 /// (share of the first 1000 words), 7 line breaks per 100 characters, 8 whether the text ends
-/// like finished prose or code (1) or mid-sentence (0).
+/// like finished prose or code (1) or mid-sentence (0), 9 distinct word pairs (share of the
+/// pairs among the first 1000 words: a loop repeats pairs, which prose rarely does).
 pub fn profile(text: &str) -> [f32; FEATURES] {
     let head = head(text, SCAN_BYTES);
     let mut chars = 0usize;
@@ -79,7 +80,8 @@ pub fn profile(text: &str) -> [f32; FEATURES] {
             foreign += 2;
         }
     }
-    let (words, word_chars, distinct) = word_stats(head);
+    let w = word_stats(head);
+    let (words, word_chars, distinct) = (w.words, w.chars, w.distinct);
     let share = |n: usize, of: usize| if of == 0 { 0.0 } else { n as f32 / of as f32 };
     [
         share(letters, non_space),
@@ -95,6 +97,11 @@ pub fn profile(text: &str) -> [f32; FEATURES] {
         share(distinct, words.min(SCAN_WORDS)),
         100.0 * share(newlines, chars),
         if ends_finished(text) { 1.0 } else { 0.0 },
+        if w.pairs == 0 {
+            1.0
+        } else {
+            share(w.distinct_pairs, w.pairs)
+        },
     ]
 }
 
@@ -132,19 +139,35 @@ const ASCII_CLASS: [u8; 128] = {
     t
 };
 
-/// Words (whitespace-separated, ASCII punctuation trimmed off both ends), their characters
-/// (each word counted up to 20) and the distinct words among the first [`SCAN_WORDS`] (case
-/// folded): what `split_whitespace` and a sorted list of hashes would give, in one pass over
-/// the bytes with a reused hash table.
-fn word_stats(head: &str) -> (usize, usize, usize) {
+/// Word statistics of a text's head.
+#[derive(Debug, PartialEq, Eq)]
+struct WordStats {
+    words: usize,
+    /// Characters of the words, each counted up to 20.
+    chars: usize,
+    /// Distinct words among the first [`SCAN_WORDS`].
+    distinct: usize,
+    /// Adjacent word pairs among the first [`SCAN_WORDS`] words, and how many are distinct.
+    pairs: usize,
+    distinct_pairs: usize,
+}
+
+/// Words (whitespace-separated, ASCII punctuation trimmed off both ends, case folded) and
+/// their statistics: what `split_whitespace` and sorted lists of hashes would give, in one
+/// pass over the bytes with reused hash tables.
+fn word_stats(head: &str) -> WordStats {
     thread_local! {
-        static SEEN: std::cell::RefCell<Distinct> = std::cell::RefCell::new(Distinct::new());
+        static SEEN: std::cell::RefCell<(Distinct, Distinct)> =
+            std::cell::RefCell::new((Distinct::new(), Distinct::new()));
     }
     SEEN.with(|seen| {
-        let mut seen = seen.borrow_mut();
+        let mut guard = seen.borrow_mut();
+        let (seen, seen_pairs) = &mut *guard;
         seen.start();
+        seen_pairs.start();
         let b = head.as_bytes();
-        let (mut words, mut word_chars) = (0usize, 0usize);
+        let (mut words, mut word_chars, mut pairs) = (0usize, 0usize, 0usize);
+        let mut prev: Option<u64> = None;
         let mut word = |start: usize, end: usize, seen: &mut Distinct| {
             let (mut s, mut e) = (start, end);
             while s < e && b[s].is_ascii_punctuation() {
@@ -164,7 +187,13 @@ fn word_stats(head: &str) -> (usize, usize, usize) {
                 .count()
                 .min(20);
             if words <= SCAN_WORDS {
-                seen.insert(word_hash(&b[s..e]));
+                let h = word_hash(&b[s..e]);
+                seen.insert(h);
+                if let Some(p) = prev {
+                    pairs += 1;
+                    seen_pairs.insert(p.rotate_left(29) ^ h.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                }
+                prev = Some(h);
             }
         };
         let mut start: Option<usize> = None;
@@ -181,7 +210,7 @@ fn word_stats(head: &str) -> (usize, usize, usize) {
             };
             match (space, start) {
                 (true, Some(st)) => {
-                    word(st, i, &mut seen);
+                    word(st, i, seen);
                     start = None;
                 }
                 (false, None) => start = Some(i),
@@ -190,9 +219,15 @@ fn word_stats(head: &str) -> (usize, usize, usize) {
             i += len;
         }
         if let Some(st) = start {
-            word(st, b.len(), &mut seen);
+            word(st, b.len(), seen);
         }
-        (words, word_chars, seen.len)
+        WordStats {
+            words,
+            chars: word_chars,
+            distinct: seen.len,
+            pairs,
+            distinct_pairs: seen_pairs.len,
+        }
     })
 }
 
@@ -300,9 +335,22 @@ mod tests {
                     seen.push(w.to_ascii_lowercase());
                 }
             }
+            let mut pairs: Vec<(String, String)> = seen
+                .windows(2)
+                .map(|w| (w[0].clone(), w[1].clone()))
+                .collect();
+            let n_pairs = pairs.len();
+            pairs.sort_unstable();
+            pairs.dedup();
             seen.sort_unstable();
             seen.dedup();
-            (words, chars, seen.len())
+            WordStats {
+                words,
+                chars,
+                distinct: seen.len(),
+                pairs: n_pairs,
+                distinct_pairs: pairs.len(),
+            }
         };
         let long: String = (0..3000).map(|i| format!("w{} ", i % 1500)).collect();
         for t in [
