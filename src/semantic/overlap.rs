@@ -63,6 +63,7 @@ impl PromptTerms {
         if self.prompts < MIN_PROMPTS || prompt.is_empty() || self.df.len() != BUCKETS {
             return None;
         }
+        let prompt = &prompt[..prompt.len().min(MAX_PROMPT_TERMS)];
         let n = f64::from(self.prompts);
         let idf: Vec<f64> = prompt
             .iter()
@@ -233,6 +234,20 @@ mod tests {
             .unwrap();
         assert!(on > 0.9, "{on}");
         assert!(off < 0.1, "{off}");
+    }
+
+    #[test]
+    fn more_prompt_terms_than_the_cap_are_cut_not_a_panic() {
+        // 100 real terms (the public API does not stop a caller passing more than 64); the
+        // answer mentions one past the cap.
+        let many: Vec<u64> = (0..100).flat_map(|i| terms(&format!("word{i}"))).collect();
+        assert_eq!(many.len(), 100);
+        let mut k = PromptTerms::default();
+        for i in 0..MIN_PROMPTS {
+            k.observe(&terms(&format!("other{i}")));
+        }
+        let o = k.overlap(&many, "word99 and word0").unwrap();
+        assert!((o - 1.0 / 64.0).abs() < 1e-9, "{o}");
     }
 
     #[test]
