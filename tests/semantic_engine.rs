@@ -340,6 +340,32 @@ fn baselines_survive_a_restart() {
 }
 
 #[test]
+fn a_state_file_of_the_previous_version_keeps_its_baseline_and_scores() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("baselines.json");
+    let mut e = engine(true);
+    steady(&mut e, 0, 150);
+    e.save(&path).expect("save");
+    // What version 1 wrote: 10 lexical rates per reference answer, outlier scores of the old
+    // formula in the calibration.
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+    v["version"] = 1.into();
+    for key in v["keys"].as_object_mut().expect("keys").values_mut() {
+        for p in key["reference"]["points"].as_array_mut().expect("points") {
+            p["lexical"].as_array_mut().expect("lexical").truncate(10);
+        }
+    }
+    std::fs::write(&path, serde_json::to_vec(&v).expect("json")).expect("write");
+    let mut e2 = engine(true);
+    assert_eq!(e2.load(&path).expect("load"), 1);
+    assert!(e2.baselines()[0].ready);
+    let (a, _) = e2.process(&record(1000, "gpt-4o", &cooking(3)));
+    assert!(a.scores.contains_key("outlier"), "{a:?}");
+    assert!(!a.warming_up);
+}
+
+#[test]
 fn reset_starts_the_baseline_over_and_resolves_incidents() {
     let mut e = engine(true);
     steady(&mut e, 0, 150);

@@ -14,12 +14,13 @@ pub const K: usize = 10;
 
 /// Weight of the length term next to the kNN term in the outlier nonconformity.
 const LENGTH_WEIGHT: f64 = 0.5;
-/// Weight of the lexical profile's robust z-score (`lexical.rs`) against the embedding and
-/// length term in the outlier nonconformity (the larger of the two counts). Chosen on
-/// docs/EVALUATION.md's anomaly stream: 0.5 raised the outlier AUROC on error text
-/// 0.87 → 0.94, garbled 0.77 → 0.90, truncated 0.74 → 0.85 while costing refusals, loops and
-/// non-English (which have their own flags or stay ≥ 0.95) at most 0.03; 1.0 cost more (the
-/// alternatives were tried with a temporary override, not kept).
+/// Weight of the lexical profile's robust z-score (`lexical.rs`) in the outlier
+/// nonconformity, added to the embedding and length terms. Added, not the larger of the two
+/// (as until commit 15ba364): a broken answer usually moves both a little — a loop sits near
+/// its own answer in embedding space but is longer and repeats its word pairs, a shuffled
+/// answer keeps its vector and its rates but not its sentence starts — and the sum lets that
+/// evidence add up where the maximum kept only one part. With the same weights, the static
+/// outlier AUROC on docs/EVALUATION.md's text kinds went from 0.94 to 0.96.
 const LEXICAL_WEIGHT: f64 = 0.5;
 
 /// One reference answer.
@@ -293,6 +294,13 @@ impl Reference {
         }
     }
 
+    /// Drops the absorbed outlier and drift calibration scores (a state file whose outlier
+    /// score was computed another way); the reference answers themselves stay.
+    pub fn forget_outlier_calibration(&mut self) {
+        self.absorbed.outlier.clear();
+        self.absorbed.drift.clear();
+    }
+
     /// Scores an answer. `None` until the reference is ready.
     /// `lexical` is the answer's [`lexical::profile`].
     pub fn score(
@@ -339,8 +347,8 @@ impl Reference {
     }
 }
 
-/// kNN distance and length (summed), or the lexical profile, whichever is further out; each in
-/// units of the reference's own spread.
+/// kNN distance, length and the lexical profile's distance, summed; each in units of the
+/// reference's own spread.
 fn outlier_nonconformity(knn: f64, log_len: f64, lex: &[f32], s: &Stats) -> f64 {
     let zk = (knn - s.knn_median) / s.knn_mad;
     let zl = (log_len - s.len_median).abs() / s.len_mad;
@@ -350,7 +358,7 @@ fn outlier_nonconformity(knn: f64, log_len: f64, lex: &[f32], s: &Stats) -> f64 
     }
     let d = lexical::distance(lex, &s.lex_median, &s.lex_spread);
     let zx = (d - s.lexd_median) / s.lexd_mad;
-    base.max(LEXICAL_WEIGHT * zx)
+    base + LEXICAL_WEIGHT * zx
 }
 
 /// Median and (scaled, floored) median absolute deviation.

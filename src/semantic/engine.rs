@@ -156,10 +156,16 @@ pub struct BaselineInfo {
 
 #[derive(Serialize, Deserialize)]
 struct Saved {
+    /// [`STATE_VERSION`] when written.
     version: u32,
     tier: String,
     keys: HashMap<String, KeyState>,
 }
+
+/// Version of the state file. 2: the outlier score adds its terms (baseline.rs) and the
+/// lexical profile has 12 rates; a version-1 file keeps its references (and pins) but not the
+/// outlier and drift calibration scores, which the old score computed.
+const STATE_VERSION: u32 = 2;
 
 /// The semantic engine's state over all keys.
 pub struct Engine {
@@ -689,7 +695,7 @@ impl Engine {
     /// Writes every key's state to `path` atomically.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let saved = Saved {
-            version: 1,
+            version: STATE_VERSION,
             tier: self.tier().unwrap_or("none").to_string(),
             keys: self.keys.clone(),
         };
@@ -721,7 +727,18 @@ impl Engine {
             return Ok(0);
         }
         let n = saved.keys.len();
+        let old_scores = saved.version < STATE_VERSION;
+        if old_scores {
+            tracing::info!(
+                saved = saved.version,
+                current = STATE_VERSION,
+                "baselines from an older version: references kept, outlier calibration relearned"
+            );
+        }
         for (k, mut s) in saved.keys {
+            if old_scores {
+                s.reference.forget_outlier_calibration();
+            }
             s.reference.finalize_if_ready();
             match self.keys.get_mut(&k) {
                 // Traffic arrived before the load: its monitors are current, the saved

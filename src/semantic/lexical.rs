@@ -16,12 +16,14 @@ pub const SCAN_BYTES: usize = 16 * 1024;
 const SCAN_WORDS: usize = 1000;
 
 /// Number of features in a profile.
-pub const FEATURES: usize = 10;
+pub const FEATURES: usize = 12;
 
 /// Per-feature floor of the spread a reference may report: a feature that is constant on a
 /// key's normal answers (say, every answer ends with a full stop) must still not turn a tiny
 /// difference into an infinite distance.
-pub const FLOORS: [f64; FEATURES] = [0.02, 0.01, 0.01, 0.02, 0.005, 0.2, 0.03, 0.1, 0.1, 0.02];
+pub const FLOORS: [f64; FEATURES] = [
+    0.02, 0.01, 0.01, 0.02, 0.005, 0.2, 0.03, 0.1, 0.1, 0.02, 0.1, 0.05,
+];
 
 /// The profile of `text`:
 /// 0 letters, 1 digits, 2 ASCII punctuation (each a share of non-space characters),
@@ -29,7 +31,12 @@ pub const FLOORS: [f64; FEATURES] = [0.02, 0.01, 0.01, 0.02, 0.005, 0.2, 0.03, 0
 /// characters count double), 5 mean word length (characters, capped at 20), 6 distinct words
 /// (share of the first 1000 words), 7 line breaks per 100 characters, 8 whether the text ends
 /// like finished prose or code (1) or mid-sentence (0), 9 distinct word pairs (share of the
-/// pairs among the first 1000 words: a loop repeats pairs, which prose rarely does).
+/// pairs among the first 1000 words: a loop repeats pairs, which prose rarely does),
+/// 10 sentence starts (share of the words closing a sentence whose next word does not start
+/// in lower case), 11 article pairs (share of `the`/`a`/`an` followed by a function word).
+/// 10 and 11 are the two that see word order: a bag of tokens (the static tier's vector) and
+/// every other rate are the same for an answer and its words shuffled, but shuffled words put
+/// lower-case words after full stops and articles before `of`, `and` or `the`.
 pub fn profile(text: &str) -> [f32; FEATURES] {
     let head = head(text, SCAN_BYTES);
     let mut chars = 0usize;
@@ -102,6 +109,12 @@ pub fn profile(text: &str) -> [f32; FEATURES] {
         } else {
             share(w.distinct_pairs, w.pairs)
         },
+        if w.sentence_ends == 0 {
+            1.0
+        } else {
+            share(w.sentence_starts, w.sentence_ends)
+        },
+        share(w.article_function, w.articles),
     ]
 }
 
@@ -150,6 +163,13 @@ struct WordStats {
     /// Adjacent word pairs among the first [`SCAN_WORDS`] words, and how many are distinct.
     pairs: usize,
     distinct_pairs: usize,
+    /// Among the first [`SCAN_WORDS`] words: those that close a sentence and have a next
+    /// word, and how many of those next words do not start in lower case.
+    sentence_ends: usize,
+    sentence_starts: usize,
+    /// Articles with a next word, and how many of those next words are function words.
+    articles: usize,
+    article_function: usize,
 }
 
 /// Words (whitespace-separated, ASCII punctuation trimmed off both ends, case folded) and
@@ -168,7 +188,16 @@ fn word_stats(head: &str) -> WordStats {
         let b = head.as_bytes();
         let (mut words, mut word_chars, mut pairs) = (0usize, 0usize, 0usize);
         let mut prev: Option<u64> = None;
+        let (mut sentence_ends, mut sentence_starts) = (0usize, 0usize);
+        let (mut articles, mut article_function) = (0usize, 0usize);
+        // What the previous word (of the first SCAN_WORDS) was: a sentence end, an article.
+        let (mut after_end, mut after_article) = (false, false);
         let mut word = |start: usize, end: usize, seen: &mut Distinct| {
+            if after_end {
+                sentence_ends += 1;
+                sentence_starts += usize::from(!starts_lower(&head[start..end]));
+            }
+            after_end = words < SCAN_WORDS && closes_sentence(&b[start..end]);
             let (mut s, mut e) = (start, end);
             while s < e && b[s].is_ascii_punctuation() {
                 s += 1;
@@ -178,6 +207,15 @@ fn word_stats(head: &str) -> WordStats {
             }
             if s == e {
                 return;
+            }
+            if words < SCAN_WORDS {
+                let w = &b[s..e];
+                if after_article {
+                    articles += 1;
+                    article_function +=
+                        usize::from(FUNCTION_WORDS.iter().any(|f| f.eq_ignore_ascii_case(w)));
+                }
+                after_article = ARTICLES.iter().any(|a| a.eq_ignore_ascii_case(w));
             }
             words += 1;
             // Characters: bytes that do not continue a UTF-8 sequence.
@@ -227,8 +265,40 @@ fn word_stats(head: &str) -> WordStats {
             distinct: seen.len,
             pairs,
             distinct_pairs: seen_pairs.len,
+            sentence_ends,
+            sentence_starts,
+            articles,
+            article_function,
         }
     })
+}
+
+const ARTICLES: [&[u8]; 3] = [b"the", b"a", b"an"];
+
+/// Words an English article is (almost) never followed by in prose: determiners,
+/// prepositions, conjunctions, auxiliaries. Shuffled words land there about as often as these
+/// words are common (~30% of articles on docs/EVALUATION.md's answers), prose under 1%.
+const FUNCTION_WORDS: [&[u8]; 24] = [
+    b"the", b"a", b"an", b"of", b"to", b"and", b"in", b"is", b"for", b"that", b"with", b"as",
+    b"by", b"on", b"it", b"or", b"be", b"are", b"this", b"from", b"at", b"if", b"not", b"which",
+];
+
+/// Whether a whitespace-separated word closes a sentence: a letter, then `.`, `!` or `?`,
+/// then only closing quotes, brackets or emphasis (`end.`, `"done!"`, `(see above.)`), so
+/// numbers (`3.`), ellipses and bare punctuation do not count.
+fn closes_sentence(w: &[u8]) -> bool {
+    let mut e = w.len();
+    while e > 0 && matches!(w[e - 1], b'"' | b'\'' | b')' | b']' | b'}' | b'*' | b'`') {
+        e -= 1;
+    }
+    e >= 2
+        && matches!(w[e - 1], b'.' | b'!' | b'?')
+        && (w[e - 2].is_ascii_alphabetic() || w[e - 2] >= 0x80)
+}
+
+/// Whether a word starts with a lower-case letter (what a new sentence does not).
+fn starts_lower(w: &str) -> bool {
+    w.chars().next().is_some_and(char::is_lowercase)
 }
 
 /// A set of word hashes reused across calls: a generation stamp per slot instead of clearing.
@@ -324,6 +394,32 @@ mod tests {
         let naive = |head: &str| {
             let (mut words, mut chars) = (0usize, 0usize);
             let mut seen = Vec::new();
+            let raw: Vec<&str> = head.split_whitespace().collect();
+            let (mut sentence_ends, mut sentence_starts) = (0, 0);
+            let mut scanned = 0;
+            for (i, w) in raw.iter().enumerate() {
+                if scanned >= SCAN_WORDS {
+                    break;
+                }
+                let closes = {
+                    let t = w.trim_end_matches(['"', '\'', ')', ']', '}', '*', '`']);
+                    let mut cs = t.chars().rev();
+                    matches!(cs.next(), Some('.' | '!' | '?'))
+                        && cs
+                            .next()
+                            .is_some_and(|c| c.is_ascii_alphabetic() || !c.is_ascii())
+                };
+                if closes {
+                    if let Some(next) = raw.get(i + 1) {
+                        sentence_ends += 1;
+                        sentence_starts += usize::from(!next.starts_with(char::is_lowercase));
+                    }
+                }
+                scanned += usize::from(
+                    !w.trim_matches(|c: char| c.is_ascii_punctuation())
+                        .is_empty(),
+                );
+            }
             for w in head.split_whitespace() {
                 let w = w.trim_matches(|c: char| c.is_ascii_punctuation());
                 if w.is_empty() {
@@ -335,6 +431,19 @@ mod tests {
                     seen.push(w.to_ascii_lowercase());
                 }
             }
+            let articles = seen
+                .windows(2)
+                .filter(|p| ["the", "a", "an"].contains(&p[0].as_str()))
+                .count();
+            let article_function = seen
+                .windows(2)
+                .filter(|p| {
+                    ["the", "a", "an"].contains(&p[0].as_str())
+                        && FUNCTION_WORDS
+                            .iter()
+                            .any(|f| f.eq_ignore_ascii_case(p[1].as_bytes()))
+                })
+                .count();
             let mut pairs: Vec<(String, String)> = seen
                 .windows(2)
                 .map(|w| (w[0].clone(), w[1].clone()))
@@ -350,6 +459,10 @@ mod tests {
                 distinct: seen.len(),
                 pairs: n_pairs,
                 distinct_pairs: pairs.len(),
+                sentence_ends,
+                sentence_starts,
+                articles,
+                article_function,
             }
         };
         let long: String = (0..3000).map(|i| format!("w{} ", i % 1500)).collect();
@@ -360,6 +473,8 @@ mod tests {
             "Grüße\u{a0}aus\u{3000}München\u{b}und\u{85}Köln; \"Straße\" ... ???",
             "x\ty\nz\r\nA a A. a!",
             "averyveryverylongwordthatgoesonandon and 日本語のテキスト",
+            "End. then The a of. (Done!) \"Quoted.\" ok 3. Next... and? Yes. ÉTÉ. été",
+            "the the of An AND a",
             long.as_str(),
         ] {
             assert_eq!(word_stats(t), naive(t), "{t:?}");
@@ -392,6 +507,39 @@ mod tests {
         assert!(looped[6] < 0.1 && prose[6] > 0.8, "{looped:?}");
         assert!(russian[4] > 0.5 && prose[4] == 0.0);
         assert!(broken[4] > russian[4] / 4.0);
+    }
+
+    #[test]
+    fn shuffled_words_change_the_word_order_rates_and_nothing_else() {
+        let prose = "The parser reads the whole file. It returns a list of the records it \
+            found. Each record is a tuple of the name and the value. Errors in a line are \
+            reported with the line number. The caller decides what to do with them.";
+        // The same words in another order (a fixed shuffle).
+        let mut words: Vec<&str> = prose.split_whitespace().collect();
+        let n = words.len();
+        for i in 0..n {
+            words.swap(i, (i * 7 + 3) % n);
+        }
+        let shuffled = words.join(" ");
+        let (p, q) = (profile(prose), profile(&shuffled));
+        assert_eq!(
+            p[10], 1.0,
+            "every sentence of the prose starts in upper case"
+        );
+        assert!(q[10] < 0.5, "{q:?}");
+        assert_eq!(
+            p[11], 0.0,
+            "no article of the prose is followed by a function word"
+        );
+        assert!(q[11] > 0.1, "{q:?}");
+        // Rates that do not see order stay where they were.
+        for f in [0, 1, 2, 3, 4, 5, 6] {
+            assert!((p[f] - q[f]).abs() < 1e-6, "feature {f}: {p:?} vs {q:?}");
+        }
+        // No sentence end, no article: the neutral values.
+        let plain = profile("just some words without an ending");
+        assert_eq!(plain[10], 1.0);
+        assert_eq!(profile("just some words")[11], 0.0);
     }
 
     #[test]
