@@ -6,6 +6,8 @@
 #
 #   ./scripts/bench_tap.sh [seconds-per-run]      (default 10)
 #   SEMTAP_CONFIG=semantic-off.toml ./scripts/bench_tap.sh 5
+#   SEMTAP_BIN=/path/to/another/semtap ./scripts/bench_tap.sh 5    (compare two builds)
+#   LOADGEN_PACING=tokio ./scripts/bench_tap.sh 5    (the load generator's old 1 ms pacing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS="${1:-10}"
@@ -70,7 +72,8 @@ NGX
 nginx -c "$WORK/nginx.conf"
 # SEMTAP_CONFIG=FILE runs semtap with that config (e.g. `[semantic] enabled = false` to
 # measure the proxy without the engine); the flags below override its listener and upstream.
-RUST_LOG=warn "$TARGET/release/semtap" run ${SEMTAP_CONFIG:+--config "$SEMTAP_CONFIG"} \
+SEMTAP_BIN="${SEMTAP_BIN:-$TARGET/release/semtap}"
+RUST_LOG=warn "$SEMTAP_BIN" run ${SEMTAP_CONFIG:+--config "$SEMTAP_CONFIG"} \
   --listen 127.0.0.1:18003 --upstream http://127.0.0.1:18001 --admin 127.0.0.1:18004 >"$WORK/semtap.log" 2>&1 &
 echo $! > "$WORK/semtap.pid"
 wait_ready http://127.0.0.1:18004 || { cat "$WORK/semtap.log" >&2; exit 1; }
@@ -108,7 +111,7 @@ for kind in chat stream; do
   if [ $kind = chat ]; then p=/v1/chat/completions; b="$WORK/req.json"; else p=/v1/stream/chat/completions; b="$WORK/req_stream.json"; fi
   rate=$(python3 -c "print(int(${SAT[$kind.nginx]}/2))")
   for who in direct semtap nginx; do
-    out=$("$TARGET/release/examples/loadgen" --url "http://127.0.0.1:${URL[$who]}$p" --rate "$rate" --duration "$SECS" --connections 64 --body "$b")
+    out=$("$TARGET/release/examples/loadgen" --url "http://127.0.0.1:${URL[$who]}$p" --rate "$rate" --duration "$SECS" --connections 64 --body "$b" --pacing "${LOADGEN_PACING:-timerfd}")
     python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(f\"| $p | $rate | $who | {d['achieved_rps']:.0f} | {d['p50_us']:.0f} | {d['p99_us']:.0f} | {d['p999_us']:.0f} | {d['errors']} |\")" "$out"
   done
 done
