@@ -105,14 +105,25 @@ for kind in chat stream; do
   echo "| $p | $kind | ${SAT[$kind.direct]} | ${SAT[$kind.semtap]} | ${SAT[$kind.nginx]} | $ratio |"
 done
 echo
-echo "| path | offered rps | target | achieved rps | p50 µs | p99 µs | p99.9 µs | errors |"
-echo "|---|---|---|---|---|---|---|---|"
+# CPU seconds the process with pid $1 has used (all threads, user + system).
+cpu_s() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
+NGINX_PIDS=$(pgrep -P "$(cat "$WORK/nginx.pid")" || true)
+nginx_cpu_s() { local p t=0; for p in $NGINX_PIDS; do t=$(python3 -c "print($t + $(cpu_s "$p"))"); done; echo "$t"; }
+
+# CPU per request is the steadier figure on a noisy machine: what each proxy spent (semtap's
+# every thread; nginx's worker, which also serves as the origin, so its figure is origin +
+# proxy and the direct row's is the origin alone).
+echo "| path | offered rps | target | achieved rps | p50 µs | p99 µs | p99.9 µs | errors | CPU µs/request |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for kind in chat stream; do
   if [ $kind = chat ]; then p=/v1/chat/completions; b="$WORK/req.json"; else p=/v1/stream/chat/completions; b="$WORK/req_stream.json"; fi
   rate=$(python3 -c "print(int(${SAT[$kind.nginx]}/2))")
   for who in direct semtap nginx; do
+    before_semtap=$(cpu_s "$(cat "$WORK/semtap.pid")"); before_nginx=$(nginx_cpu_s)
     out=$("$TARGET/release/examples/loadgen" --url "http://127.0.0.1:${URL[$who]}$p" --rate "$rate" --duration "$SECS" --connections 64 --body "$b" --pacing "${LOADGEN_PACING:-timerfd}")
-    python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(f\"| $p | $rate | $who | {d['achieved_rps']:.0f} | {d['p50_us']:.0f} | {d['p99_us']:.0f} | {d['p999_us']:.0f} | {d['errors']} |\")" "$out"
+    after_semtap=$(cpu_s "$(cat "$WORK/semtap.pid")"); after_nginx=$(nginx_cpu_s)
+    if [ "$who" = semtap ]; then spent="semtap $(python3 -c "print($after_semtap - $before_semtap)") s, nginx $(python3 -c "print($after_nginx - $before_nginx)") s"; else spent="nginx $(python3 -c "print($after_nginx - $before_nginx)") s"; fi
+    python3 -c "import json,sys; d=json.loads(sys.argv[1]); n=max(1,d['requests']); spent=sys.argv[2]; per='; '.join(f\"{w.split()[0]} {float(w.split()[1])*1e6/n:.0f}\" for w in spent.split(', ')); print(f\"| $p | $rate | $who | {d['achieved_rps']:.0f} | {d['p50_us']:.0f} | {d['p99_us']:.0f} | {d['p999_us']:.0f} | {d['errors']} | {per} |\")" "$out" "$spent"
   done
 done
 echo
