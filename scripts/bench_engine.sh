@@ -6,6 +6,10 @@
 # engine's lag, drops, RSS, and what share of answers got the static tier.
 #
 #   ./scripts/bench_engine.sh [rate] [seconds]      (defaults 2000 and 20)
+#   ROUNDS=5 ./scripts/bench_engine.sh 2000 10      (interleaved rounds, median ratio: the
+#                                                    machine is noisy; one round is one sample)
+#   ENGINE_ON_CONFIG=file.toml ./scripts/bench_engine.sh   (a config for the engine-on semtap,
+#                                                    e.g. `[semantic] transformer = false`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE="${1:-2000}"
@@ -68,13 +72,20 @@ start_semtap() { # name port admin [env...]
     >"$WORK/semtap-$name.log" 2>&1 &
   echo $! > "$WORK/semtap-$name.pid"
 }
-start_semtap on 18103 18104
+start_semtap on 18103 18104 ${ENGINE_ON_CONFIG:+SEMTAP_CONFIG=$ENGINE_ON_CONFIG}
 start_semtap off 18105 18106 SEMTAP_SEMANTIC=off
+# Ready: the static tier loaded, and the transformer tier too unless the config turned it off.
+ready() {
+  local st
+  st=$(curl -s 127.0.0.1:18104/status) || return 1
+  grep -q 'tier ready' <<<"$st" || return 1
+  grep -q 'transformer tier on' <<<"$st" || grep -qE '^\s*transformer\s*=\s*false' "${ENGINE_ON_CONFIG:-/dev/null}"
+}
 for _ in $(seq 1 600); do
-  curl -s 127.0.0.1:18104/status | grep -q 'transformer tier on' && break
+  ready && break
   sleep 0.5
 done
-curl -s 127.0.0.1:18104/status | grep -q 'transformer tier on' || { echo "engine never became ready" >&2; cat "$WORK/semtap-on.log" >&2; exit 1; }
+ready || { echo "engine never became ready" >&2; cat "$WORK/semtap-on.log" >&2; exit 1; }
 
 cat > "$WORK/report.py" <<'PY'
 import re, sys
@@ -121,17 +132,23 @@ LG="$TARGET/release/examples/loadgen"
 "$LG" --url http://127.0.0.1:18103/v1/chat/completions --rate 200 --duration 3 --connections 8 --body "$WORK/req.json" >/dev/null
 "$LG" --url http://127.0.0.1:18105/v1/chat/completions --rate 200 --duration 3 --connections 8 --body "$WORK/req.json" >/dev/null
 
-echo "| target | offered rps | achieved rps | p50 µs | p99 µs | p99.9 µs | errors |"
-echo "|---|---|---|---|---|---|---|"
-declare -A P99
-for who in direct:18101 engine-off:18105 engine-on:18103; do
-  name=${who%%:*}; port=${who##*:}
-  out=$("$LG" --url "http://127.0.0.1:$port/v1/chat/completions" --rate "$RATE" --duration "$SECS" --connections 64 --body "$WORK/req.json")
-  P99[$name]=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['p99_us'])" "$out")
-  python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(f\"| $name | $RATE | {d['achieved_rps']:.0f} | {d['p50_us']:.0f} | {d['p99_us']:.0f} | {d['p999_us']:.0f} | {d['errors']} |\")" "$out"
+echo "| round | target | offered rps | achieved rps | p50 µs | p99 µs | p99.9 µs | errors |"
+echo "|---|---|---|---|---|---|---|---|"
+RATIOS=()
+for round in $(seq 1 "${ROUNDS:-1}"); do
+  # Off and on swap places every round, so a drift of the machine's speed does not favour one.
+  if [ $((round % 2)) = 1 ]; then order="direct:18101 engine-off:18105 engine-on:18103"; else order="direct:18101 engine-on:18103 engine-off:18105"; fi
+  declare -A P99
+  for who in $order; do
+    name=${who%%:*}; port=${who##*:}
+    out=$("$LG" --url "http://127.0.0.1:$port/v1/chat/completions" --rate "$RATE" --duration "$SECS" --connections 64 --body "$WORK/req.json")
+    P99[$name]=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['p99_us'])" "$out")
+    python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(f\"| $round | $name | $RATE | {d['achieved_rps']:.0f} | {d['p50_us']:.0f} | {d['p99_us']:.0f} | {d['p999_us']:.0f} | {d['errors']} |\")" "$out"
+  done
+  RATIOS+=("$(python3 -c "print(f'{${P99[engine-on]}/${P99[engine-off]}:.2f}')")")
 done
 echo
-echo "p99 engine on / engine off: $(python3 -c "print(f'{${P99[engine-on]}/${P99[engine-off]}:.2f}')")"
+echo "p99 engine on / engine off, per round: ${RATIOS[*]}; median $(python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.2f}')" "${RATIOS[@]}")"
 sleep 2
 report "after the fixed-rate runs"
 

@@ -323,13 +323,19 @@ fn a_latency_spike_opens_latency() {
     assert!(opened(&all, "latency"), "{all:?}");
 }
 
-#[test]
-fn baselines_survive_a_restart() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let path = dir.path().join("baselines.json");
+/// An engine warmed up on steady traffic, its state saved in `dir`; returns the file.
+fn saved_baselines(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("baselines.json");
     let mut e = engine(true);
     steady(&mut e, 0, 150);
     e.save(&path).expect("save");
+    path
+}
+
+#[test]
+fn baselines_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = saved_baselines(dir.path());
     let mut e2 = engine(true);
     assert_eq!(e2.load(&path).expect("load"), 1);
     assert!(e2.baselines()[0].ready);
@@ -342,10 +348,7 @@ fn baselines_survive_a_restart() {
 #[test]
 fn a_state_file_of_the_previous_version_keeps_its_baseline_and_scores() {
     let dir = tempfile::tempdir().expect("tmp");
-    let path = dir.path().join("baselines.json");
-    let mut e = engine(true);
-    steady(&mut e, 0, 150);
-    e.save(&path).expect("save");
+    let path = saved_baselines(dir.path());
     // What version 1 wrote: 10 lexical rates per reference answer, outlier scores of the old
     // formula in the calibration.
     let mut v: serde_json::Value =
