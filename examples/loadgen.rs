@@ -147,7 +147,15 @@ impl Pacer {
         #[cfg(target_os = "linux")]
         {
             let timer = if precise {
-                PreciseTimer::new().ok()
+                match PreciseTimer::new() {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        eprintln!(
+                            "loadgen: no timerfd ({e}); this worker paces on tokio's 1 ms timer"
+                        );
+                        None
+                    }
+                }
             } else {
                 None
             };

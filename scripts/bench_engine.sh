@@ -11,9 +11,13 @@
 #   ENGINE_ON_CONFIG=file.toml ./scripts/bench_engine.sh   (a config for the engine-on semtap,
 #                                                    e.g. `[semantic] transformer = false`)
 set -euo pipefail
+# A relative config path means the caller's directory, not the repo root this cds into.
+[ -n "${ENGINE_ON_CONFIG:-}" ] && ENGINE_ON_CONFIG="$(realpath "$ENGINE_ON_CONFIG")"
 cd "$(dirname "$0")/.."
 RATE="${1:-2000}"
 SECS="${2:-20}"
+ROUNDS="${ROUNDS:-1}"
+[ "$ROUNDS" -ge 1 ] 2>/dev/null || { echo "ROUNDS must be a whole number >= 1" >&2; exit 2; }
 . scripts/lib.sh
 need_debs nginx wrk
 need_model
@@ -72,7 +76,7 @@ start_semtap() { # name port admin [env...]
     >"$WORK/semtap-$name.log" 2>&1 &
   echo $! > "$WORK/semtap-$name.pid"
 }
-start_semtap on 18103 18104 ${ENGINE_ON_CONFIG:+SEMTAP_CONFIG=$ENGINE_ON_CONFIG}
+start_semtap on 18103 18104 ${ENGINE_ON_CONFIG:+"SEMTAP_CONFIG=$ENGINE_ON_CONFIG"}
 start_semtap off 18105 18106 SEMTAP_SEMANTIC=off
 # Ready: the static tier loaded, and the transformer tier too unless the config turned it off.
 ready() {
@@ -135,10 +139,10 @@ LG="$TARGET/release/examples/loadgen"
 echo "| round | target | offered rps | achieved rps | p50 µs | p99 µs | p99.9 µs | errors |"
 echo "|---|---|---|---|---|---|---|---|"
 RATIOS=()
-for round in $(seq 1 "${ROUNDS:-1}"); do
+declare -A P99
+for round in $(seq 1 "$ROUNDS"); do
   # Off and on swap places every round, so a drift of the machine's speed does not favour one.
   if [ $((round % 2)) = 1 ]; then order="direct:18101 engine-off:18105 engine-on:18103"; else order="direct:18101 engine-on:18103 engine-off:18105"; fi
-  declare -A P99
   for who in $order; do
     name=${who%%:*}; port=${who##*:}
     out=$("$LG" --url "http://127.0.0.1:$port/v1/chat/completions" --rate "$RATE" --duration "$SECS" --connections 64 --body "$WORK/req.json")

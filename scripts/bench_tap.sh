@@ -9,6 +9,9 @@
 #   SEMTAP_BIN=/path/to/another/semtap ./scripts/bench_tap.sh 5    (compare two builds)
 #   LOADGEN_PACING=tokio ./scripts/bench_tap.sh 5    (the load generator's old 1 ms pacing)
 set -euo pipefail
+# Relative paths mean the caller's directory, not the repo root this cds into.
+[ -n "${SEMTAP_BIN:-}" ] && SEMTAP_BIN="$(realpath "$SEMTAP_BIN")"
+[ -n "${SEMTAP_CONFIG:-}" ] && SEMTAP_CONFIG="$(realpath "$SEMTAP_CONFIG")"
 cd "$(dirname "$0")/.."
 SECS="${1:-10}"
 . scripts/lib.sh
@@ -106,7 +109,8 @@ for kind in chat stream; do
 done
 echo
 # CPU seconds the process with pid $1 has used (all threads, user + system).
-cpu_s() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
+TICKS=$(getconf CLK_TCK)
+cpu_s() { awk -v t="$TICKS" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
 NGINX_PIDS=$(pgrep -P "$(cat "$WORK/nginx.pid")" || true)
 nginx_cpu_s() { local p t=0; for p in $NGINX_PIDS; do t=$(python3 -c "print($t + $(cpu_s "$p"))"); done; echo "$t"; }
 

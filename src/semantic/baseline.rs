@@ -35,7 +35,8 @@ pub struct RefPoint {
     #[serde(default)]
     pub relevance: Option<f64>,
     /// The answer's lexical profile ([`lexical::profile`]); empty in state files written
-    /// before it existed (the outlier score then leaves it out for that key).
+    /// before it existed (the outlier score then leaves it out for that key), 10 rates in
+    /// those written before the word-order rates (the score then uses those 10).
     #[serde(default)]
     pub lexical: Vec<f32>,
 }
@@ -169,12 +170,17 @@ impl Reference {
         let lens: Vec<f64> = self.points.iter().map(|p| p.log_len).collect();
         let (knn_median, knn_mad) = median_mad(&knn);
         let (len_median, len_mad) = median_mad(&lens);
-        let has_lexical = self
+        // The rates every point has: all of them, or the first ten for points a version
+        // before the word-order rates learned (new rates are only ever appended).
+        let lex_len = self
             .points
             .iter()
-            .all(|p| p.lexical.len() == lexical::FEATURES);
-        let (lex_median, lex_spread) = if has_lexical && n > 0 {
-            (0..lexical::FEATURES)
+            .map(|p| p.lexical.len())
+            .min()
+            .unwrap_or(0)
+            .min(lexical::FEATURES);
+        let (lex_median, lex_spread) = if lex_len > 0 {
+            (0..lex_len)
                 .map(|f| {
                     let col: Vec<f64> = self
                         .points
@@ -353,10 +359,11 @@ fn outlier_nonconformity(knn: f64, log_len: f64, lex: &[f32], s: &Stats) -> f64 
     let zk = (knn - s.knn_median) / s.knn_mad;
     let zl = (log_len - s.len_median).abs() / s.len_mad;
     let base = zk + LENGTH_WEIGHT * zl;
-    if s.lex_median.is_empty() || lex.len() != s.lex_median.len() {
+    if s.lex_median.is_empty() || lex.len() < s.lex_median.len() {
         return base;
     }
-    let d = lexical::distance(lex, &s.lex_median, &s.lex_spread);
+    // A reference learned with fewer rates compares those (the profile's first ones).
+    let d = lexical::distance(&lex[..s.lex_median.len()], &s.lex_median, &s.lex_spread);
     let zx = (d - s.lexd_median) / s.lexd_mad;
     base + LEXICAL_WEIGHT * zx
 }
@@ -511,6 +518,39 @@ mod tests {
                 .map(|c| c + noise * (u.next_f64() as f32 - 0.5))
                 .collect(),
         )
+    }
+
+    /// A reference whose points carry the first 10 rates only (a version-1 state file) still
+    /// scores answers by those rates.
+    #[test]
+    fn a_reference_of_ten_rate_profiles_keeps_its_lexical_term() {
+        let mut u = Uniforms::new(9);
+        let center: Vec<f32> = (0..16).map(|i| (i as f32).cos()).collect();
+        let prose = "The parser reads the whole file. It returns a list of the records it found.";
+        let normal = lexical::profile(prose);
+        let mut r = Reference::new(200, 0);
+        for _ in 0..200 {
+            let mut lex = normal.to_vec();
+            for x in &mut lex {
+                *x += 0.01 * (u.next_f64() as f32 - 0.5);
+            }
+            lex.truncate(10);
+            r.learn(RefPoint {
+                vector: around(&center, &mut u, 0.2),
+                log_len: 3.0,
+                relevance: None,
+                lexical: lex,
+            });
+        }
+        let v = around(&center, &mut u, 0.2);
+        let looped = lexical::profile(&"the answer is yes ".repeat(20));
+        let p = |lex: &[f32]| {
+            r.score(Some(&v), 3.0, lex, None, 0.5)
+                .and_then(|s| s.outlier_p)
+                .expect("scored")
+        };
+        assert!(p(&looped) < p(&normal), "{} vs {}", p(&looped), p(&normal));
+        assert!(p(&looped) <= 0.01);
     }
 
     #[test]

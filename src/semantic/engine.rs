@@ -163,8 +163,9 @@ struct Saved {
 }
 
 /// Version of the state file. 2: the outlier score adds its terms (baseline.rs) and the
-/// lexical profile has 12 rates; a version-1 file keeps its references (and pins) but not the
-/// outlier and drift calibration scores, which the old score computed.
+/// lexical profile has 12 rates; a version-1 file keeps its references (and pins; their
+/// answers' 10 rates still count) but not the outlier and drift calibration scores, which
+/// the old score computed.
 const STATE_VERSION: u32 = 2;
 
 /// The semantic engine's state over all keys.
@@ -727,6 +728,13 @@ impl Engine {
             return Ok(0);
         }
         let n = saved.keys.len();
+        if saved.version > STATE_VERSION {
+            tracing::warn!(
+                saved = saved.version,
+                current = STATE_VERSION,
+                "baselines written by a newer semtap; loading what this version understands"
+            );
+        }
         let old_scores = saved.version < STATE_VERSION;
         if old_scores {
             tracing::info!(

@@ -32,11 +32,13 @@ pub const FLOORS: [f64; FEATURES] = [
 /// (share of the first 1000 words), 7 line breaks per 100 characters, 8 whether the text ends
 /// like finished prose or code (1) or mid-sentence (0), 9 distinct word pairs (share of the
 /// pairs among the first 1000 words: a loop repeats pairs, which prose rarely does),
-/// 10 sentence starts (share of the words closing a sentence whose next word does not start
-/// in lower case), 11 article pairs (share of `the`/`a`/`an` followed by a function word).
-/// 10 and 11 are the two that see word order: a bag of tokens (the static tier's vector) and
-/// every other rate are the same for an answer and its words shuffled, but shuffled words put
-/// lower-case words after full stops and articles before `of`, `and` or `the`.
+/// 10 sentence starts (share of the words closing a sentence whose next word, as written,
+/// does not start with a lower-case letter: a quote or bracket counts as a start; `e.g.`
+/// counts as a close), 11 article pairs (share of `the`/`a`/`an` followed by a function
+/// word). 10 and 11 look at word order the way prose has it: a bag of tokens (the static
+/// tier's vector) and the character and word rates are the same for an answer and its words
+/// shuffled, but shuffled words put lower-case words after full stops and articles before
+/// `of`, `and` or `the`.
 pub fn profile(text: &str) -> [f32; FEATURES] {
     let head = head(text, SCAN_BYTES);
     let mut chars = 0usize;
@@ -466,6 +468,8 @@ mod tests {
             }
         };
         let long: String = (0..3000).map(|i| format!("w{} ", i % 1500)).collect();
+        // Sentence ends and articles on both sides of the 1000-word limit.
+        let long_prose = "The of. a End. the and. ".repeat(400);
         for t in [
             "",
             "   ",
@@ -476,6 +480,7 @@ mod tests {
             "End. then The a of. (Done!) \"Quoted.\" ok 3. Next... and? Yes. ÉTÉ. été",
             "the the of An AND a",
             long.as_str(),
+            long_prose.as_str(),
         ] {
             assert_eq!(word_stats(t), naive(t), "{t:?}");
         }
