@@ -108,26 +108,26 @@ for kind in chat stream; do
   echo "| $p | $kind | ${SAT[$kind.direct]} | ${SAT[$kind.semtap]} | ${SAT[$kind.nginx]} | $ratio |"
 done
 echo
-# CPU seconds the process with pid $1 has used (all threads, user + system).
+# CPU seconds the processes given have used (all threads, user + system).
 TICKS=$(getconf CLK_TCK)
-cpu_s() { awk -v t="$TICKS" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
+cpu_s() { local p; for p in "$@"; do cat "/proc/$p/stat"; done | awk -v t="$TICKS" '{s += ($14 + $15) / t} END {print s + 0}'; }
+SEMTAP_PID=$(cat "$WORK/semtap.pid")
 NGINX_PIDS=$(pgrep -P "$(cat "$WORK/nginx.pid")" || true)
-nginx_cpu_s() { local p t=0; for p in $NGINX_PIDS; do t=$(python3 -c "print($t + $(cpu_s "$p"))"); done; echo "$t"; }
 
 # CPU per request is the steadier figure on a noisy machine: what each proxy spent (semtap's
 # every thread; nginx's worker, which also serves as the origin, so its figure is origin +
 # proxy and the direct row's is the origin alone).
-echo "| path | offered rps | target | achieved rps | p50 µs | p99 µs | p99.9 µs | errors | CPU µs/request |"
-echo "|---|---|---|---|---|---|---|---|---|"
+echo "| path | offered rps | target | achieved rps | p50 µs | p99 µs | p99.9 µs | errors | semtap CPU µs/request | nginx CPU µs/request |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 for kind in chat stream; do
   if [ $kind = chat ]; then p=/v1/chat/completions; b="$WORK/req.json"; else p=/v1/stream/chat/completions; b="$WORK/req_stream.json"; fi
   rate=$(python3 -c "print(int(${SAT[$kind.nginx]}/2))")
   for who in direct semtap nginx; do
-    before_semtap=$(cpu_s "$(cat "$WORK/semtap.pid")"); before_nginx=$(nginx_cpu_s)
+    s0=$(cpu_s "$SEMTAP_PID"); n0=$(cpu_s $NGINX_PIDS)
     out=$("$TARGET/release/examples/loadgen" --url "http://127.0.0.1:${URL[$who]}$p" --rate "$rate" --duration "$SECS" --connections 64 --body "$b" --pacing "${LOADGEN_PACING:-timerfd}")
-    after_semtap=$(cpu_s "$(cat "$WORK/semtap.pid")"); after_nginx=$(nginx_cpu_s)
-    if [ "$who" = semtap ]; then spent="semtap $(python3 -c "print($after_semtap - $before_semtap)") s, nginx $(python3 -c "print($after_nginx - $before_nginx)") s"; else spent="nginx $(python3 -c "print($after_nginx - $before_nginx)") s"; fi
-    python3 -c "import json,sys; d=json.loads(sys.argv[1]); n=max(1,d['requests']); spent=sys.argv[2]; per='; '.join(f\"{w.split()[0]} {float(w.split()[1])*1e6/n:.0f}\" for w in spent.split(', ')); print(f\"| $p | $rate | $who | {d['achieved_rps']:.0f} | {d['p50_us']:.0f} | {d['p99_us']:.0f} | {d['p999_us']:.0f} | {d['errors']} | {per} |\")" "$out" "$spent"
+    s1=$(cpu_s "$SEMTAP_PID"); n1=$(cpu_s $NGINX_PIDS)
+    # semtap's column only where the traffic went through it.
+    python3 -c "import json,sys; d=json.loads(sys.argv[1]); n=max(1,d['requests']); us=lambda a,b: f'{(float(b)-float(a))*1e6/n:.0f}'; st=us(sys.argv[2],sys.argv[3]) if '$who'=='semtap' else '–'; print(f\"| $p | $rate | $who | {d['achieved_rps']:.0f} | {d['p50_us']:.0f} | {d['p99_us']:.0f} | {d['p999_us']:.0f} | {d['errors']} | {st} | {us(sys.argv[4],sys.argv[5])} |\")" "$out" "$s0" "$s1" "$n0" "$n1"
   done
 done
 echo
