@@ -177,6 +177,8 @@ struct FileLimits {
     response_timeout: Option<HumanDuration>,
     idle_timeout: Option<HumanDuration>,
     max_in_flight: Option<u64>,
+    upstream_idle_connections: Option<u64>,
+    upstream_keepalive: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -355,6 +357,10 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Requests beyond this many in flight get a 503 from semtap.
     pub max_in_flight: usize,
+    /// Idle HTTP/1 connections kept open per listener's upstream; more are closed.
+    pub upstream_idle_connections: usize,
+    /// An idle upstream connection unused this long is closed.
+    pub upstream_keepalive: Duration,
 }
 
 impl Default for Limits {
@@ -366,6 +372,8 @@ impl Default for Limits {
             response_timeout: Duration::from_secs(600),
             idle_timeout: Duration::from_secs(300),
             max_in_flight: 10_000,
+            upstream_idle_connections: 256,
+            upstream_keepalive: Duration::from_secs(90),
         }
     }
 }
@@ -862,6 +870,13 @@ fn build(file: FileConfig, source: &str, ov: &Overrides) -> Result<Config, Confi
     }
     if let Some(v) = positive!(lim.max_in_flight, "limits.max_in_flight") {
         cfg.limits.max_in_flight = v as usize;
+    }
+    // 0 idle connections is valid: every request opens its own.
+    if let Some(v) = lim.upstream_idle_connections {
+        cfg.limits.upstream_idle_connections = v as usize;
+    }
+    if let Some(d) = lim.upstream_keepalive {
+        cfg.limits.upstream_keepalive = d.0;
     }
     if let Some(d) = lim.connect_timeout {
         cfg.limits.connect_timeout = d.0;

@@ -368,6 +368,18 @@ pub mod desc {
         "{connection}",
         "Connections upgraded to WebSocket (passed through, not analysed).",
     );
+    /// Connections opened to upstreams (a steady rise under steady load means no reuse).
+    pub const UPSTREAM_CONNECTIONS_OPENED: MetricDesc = MetricDesc::counter(
+        "semtap.upstream.connections_opened",
+        "{connection}",
+        "Connections opened to the listener's upstream.",
+    );
+    /// Idle upstream connections held for reuse (capped by limits.upstream_idle_connections).
+    pub const UPSTREAM_CONNECTIONS_IDLE: MetricDesc = MetricDesc::gauge(
+        "semtap.upstream.connections_idle",
+        "{connection}",
+        "Idle HTTP/1 connections to the listener's upstream kept for reuse.",
+    );
 }
 
 /// Every descriptor, so by-name lookups (`Metrics::counter("semtap.records_dropped", ..)`)
@@ -406,6 +418,8 @@ pub const KNOWN: &[MetricDesc] = &[
     desc::REJECTED,
     desc::ACCEPT_ERRORS,
     desc::WEBSOCKET_UPGRADES,
+    desc::UPSTREAM_CONNECTIONS_OPENED,
+    desc::UPSTREAM_CONNECTIONS_IDLE,
 ];
 
 /// Label keys used by semtap's own series.

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
 
+use super::pool::Lease;
 use crate::metrics::{Histogram, Metrics};
 use crate::pipeline::{Capture, CapturedBody, Submitter};
 use crate::record::Outcome;
@@ -244,6 +245,8 @@ impl Exchange {
 pub struct TapBody {
     inner: hyper::body::Incoming,
     exchange: Option<Exchange>,
+    /// The HTTP/1 upstream connection, back to the pool once the body has ended cleanly.
+    lease: Option<Lease>,
     idle: Duration,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     last_activity: Instant,
@@ -252,10 +255,16 @@ pub struct TapBody {
 
 impl TapBody {
     /// Wraps the upstream body; the exchange is finished when the body ends, fails or is dropped.
-    pub fn new(inner: hyper::body::Incoming, exchange: Exchange, idle: Duration) -> Self {
+    pub fn new(
+        inner: hyper::body::Incoming,
+        exchange: Exchange,
+        lease: Option<Lease>,
+        idle: Duration,
+    ) -> Self {
         TapBody {
             inner,
             exchange: Some(exchange),
+            lease,
             idle,
             sleep: None,
             last_activity: Instant::now(),
@@ -264,6 +273,12 @@ impl TapBody {
     }
 
     fn finish(&mut self, outcome: Outcome, detail: Option<&'static str>) {
+        if let Some(lease) = self.lease.take() {
+            // Only a connection whose response was read to the end can carry another.
+            if outcome == Outcome::Complete && self.inner.is_end_stream() {
+                lease.release();
+            }
+        }
         if let Some(mut ex) = self.exchange.take() {
             ex.capture.forward_overhead += self.forward_time;
             ex.finish(outcome, detail);

@@ -17,8 +17,8 @@ use tokio::sync::Semaphore;
 
 use super::body::{CaptureBudget, CaptureBuf, Exchange, RequestTee, TapBody};
 use super::errors::error_response;
-use super::headers::{self, is_upgrade_request, strip_hop_by_hop};
-use super::upstream::{is_connect_timeout, UpstreamClient};
+use super::headers::{self, is_upgrade_request, name, strip_hop_by_hop};
+use super::pool::UpstreamPool;
 use super::ProxyBody;
 use crate::config::{Limits, Upstream};
 use crate::metrics::{Counter, Histogram, Metrics};
@@ -31,7 +31,7 @@ pub struct ListenerCtx {
     pub name: Arc<str>,
     pub upstream: Upstream,
     pub provider_hint: Option<Provider>,
-    pub client: UpstreamClient,
+    pub pool: Arc<UpstreamPool>,
     pub limits: Limits,
     pub submitter: Submitter,
     pub metrics: Arc<Metrics>,
@@ -76,7 +76,15 @@ fn next_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let p = *PREFIX.get_or_init(rand::random::<u64>);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{p:016x}{n:016x}")
+    // 32 hex digits, written directly (the formatting machinery costs more, on every request).
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(32);
+    for v in [p, n] {
+        for shift in (0..16).rev() {
+            id.push(HEX[((v >> (shift * 4)) & 0xf) as usize] as char);
+        }
+    }
+    id
 }
 
 fn now_ms() -> u64 {
@@ -111,11 +119,11 @@ pub async fn handle(
         &parts.method,
         &path,
         ctx.provider_hint,
-        parts.headers.contains_key("anthropic-version"),
+        parts.headers.contains_key(name::ANTHROPIC_VERSION),
     );
     let provider_for_errors = if route.provider == Provider::Unknown {
         ctx.provider_hint
-            .unwrap_or(if parts.headers.contains_key("anthropic-version") {
+            .unwrap_or(if parts.headers.contains_key(name::ANTHROPIC_VERSION) {
                 Provider::Anthropic
             } else {
                 Provider::OpenAi
@@ -161,9 +169,9 @@ pub async fn handle(
         }
     };
 
-    let route_header = headers::text(&parts.headers, "x-semtap-route", 128);
-    let traceparent = headers::text(&parts.headers, "traceparent", 128);
-    let request_encoding = headers::text(&parts.headers, "content-encoding", 32);
+    let route_header = headers::text(&parts.headers, name::SEMTAP_ROUTE, 128);
+    let traceparent = headers::text(&parts.headers, name::TRACEPARENT, 128);
+    let request_encoding = headers::text(&parts.headers, header::CONTENT_ENCODING, 32);
     let client_upgrade = if upgrade {
         parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
     } else {
@@ -213,11 +221,11 @@ pub async fn handle(
         ex.capture.dispatch_after = started.elapsed();
     }
 
-    let sent = tokio::time::timeout(ctx.limits.response_timeout, ctx.client.request(up_req)).await;
-    let resp = match sent {
+    let sent = tokio::time::timeout(ctx.limits.response_timeout, ctx.pool.send(up_req)).await;
+    let (resp, lease) = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            let timeout = is_connect_timeout(&e);
+            let timeout = e.is_connect_timeout();
             let (status, kind, outcome) = if timeout {
                 (
                     StatusCode::GATEWAY_TIMEOUT,
@@ -278,18 +286,20 @@ pub async fn handle(
     ex.capture.upstream_headers_after = Some(started.elapsed());
     ex.capture.status = resp.status().as_u16();
     let h = resp.headers();
-    ex.capture.response_content_type = headers::text(h, "content-type", 128);
-    ex.capture.response_encoding = headers::text(h, "content-encoding", 32);
+    ex.capture.response_content_type = headers::text(h, header::CONTENT_TYPE, 128);
+    ex.capture.response_encoding = headers::text(h, header::CONTENT_ENCODING, 32);
     ex.capture.rate_limit = rate_limit(h);
 
     if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // The upgraded connection is the client's now; it never returns to the pool.
+        drop(lease);
         return Ok(switch_protocols(&ctx, resp, client_upgrade, ex));
     }
 
     let (mut rparts, rbody) = resp.into_parts();
     strip_hop_by_hop(&mut rparts.headers, false);
     rparts.version = Version::HTTP_11;
-    let body = TapBody::new(rbody, ex, ctx.limits.idle_timeout);
+    let body = TapBody::new(rbody, ex, lease, ctx.limits.idle_timeout);
     Ok(Response::from_parts(rparts, body.boxed_unsync()))
 }
 
@@ -334,10 +344,10 @@ fn switch_protocols(
 /// Remaining request/token budget from OpenAI's or Anthropic's rate-limit headers.
 fn rate_limit(h: &http::HeaderMap) -> Option<RateLimit> {
     let rl = RateLimit {
-        remaining_requests: headers::number(h, "x-ratelimit-remaining-requests")
-            .or_else(|| headers::number(h, "anthropic-ratelimit-requests-remaining")),
-        remaining_tokens: headers::number(h, "x-ratelimit-remaining-tokens")
-            .or_else(|| headers::number(h, "anthropic-ratelimit-tokens-remaining")),
+        remaining_requests: headers::number(h, name::OPENAI_REMAINING_REQUESTS)
+            .or_else(|| headers::number(h, name::ANTHROPIC_REMAINING_REQUESTS)),
+        remaining_tokens: headers::number(h, name::OPENAI_REMAINING_TOKENS)
+            .or_else(|| headers::number(h, name::ANTHROPIC_REMAINING_TOKENS)),
     };
     (rl.remaining_requests.is_some() || rl.remaining_tokens.is_some()).then_some(rl)
 }
@@ -351,4 +361,22 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exchange_ids_are_32_hex_digits_and_unique() {
+        let a = super::next_id();
+        let b = super::next_id();
+        assert_eq!(a.len(), 32);
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_ne!(a, b);
+        // Same process prefix, a counter that only grows (other tests may take ids between).
+        assert_eq!(a[..16], b[..16]);
+        let n = |s: &str| u64::from_str_radix(&s[16..], 16).unwrap_or(0);
+        assert!(n(&b) > n(&a));
+    }
 }

@@ -5,6 +5,7 @@ pub mod body;
 pub mod errors;
 pub mod forward;
 pub mod headers;
+pub mod pool;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -68,8 +69,8 @@ impl Tap {
         metrics: Arc<Metrics>,
         submitter: Submitter,
     ) -> Result<Tap, TapError> {
-        let client =
-            upstream::build_client(cfg.limits.connect_timeout).map_err(TapError::Client)?;
+        let connector =
+            upstream::build_connector(cfg.limits.connect_timeout).map_err(TapError::Client)?;
         let inflight = Arc::new(Semaphore::new(cfg.limits.max_in_flight));
         let budget = CaptureBudget::new(CAPTURE_BUDGET);
         let (stop, _) = watch::channel(false);
@@ -93,7 +94,17 @@ impl Tap {
                 name: Arc::from(l.name.as_str()),
                 upstream: l.upstream.clone(),
                 provider_hint: l.provider,
-                client: client.clone(),
+                pool: pool::UpstreamPool::new(
+                    &l.upstream,
+                    connector.clone(),
+                    pool::PoolLimits {
+                        max_idle: cfg.limits.upstream_idle_connections,
+                        idle_timeout: cfg.limits.upstream_keepalive,
+                    },
+                    &metrics,
+                    &l.name,
+                )
+                .map_err(TapError::Client)?,
                 limits: cfg.limits.clone(),
                 submitter: submitter.clone(),
                 metrics: metrics.clone(),

@@ -1,5 +1,6 @@
-//! The upstream client: hyper's pooled client over rustls, HTTP/1.1 and h2 by ALPN, with a
-//! connect timeout and egress through `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY` when set.
+//! Dialling the upstream: TCP, then rustls where the scheme is https (HTTP/1.1 or h2 by
+//! ALPN), with a connect timeout and egress through `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY`
+//! when set. The connections are kept in [`super::pool`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,15 +11,14 @@ use std::time::Duration;
 use hyper::Uri;
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::proxy::matcher::Matcher;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::body::{BoxError, RequestTee};
+use super::body::BoxError;
 
-/// The client every listener shares (one connection pool per upstream host).
-pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<Egress>, RequestTee>;
+/// Opens connections to upstreams (every listener's pool dials through one).
+pub type Connector = hyper_rustls::HttpsConnector<Egress>;
 
 /// Marks a connect attempt that ran out of time (502 vs 504 depends on it).
 #[derive(Debug, thiserror::Error)]
@@ -71,8 +71,8 @@ impl tower_service::Service<Uri> for Egress {
     }
 }
 
-/// Builds the shared client. Proxy settings are read from the environment once, here.
-pub fn build_client(connect_timeout: Duration) -> Result<UpstreamClient, BoxError> {
+/// Builds the shared connector. Proxy settings are read from the environment once, here.
+pub fn build_connector(connect_timeout: Duration) -> Result<Connector, BoxError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -94,16 +94,11 @@ pub fn build_client(connect_timeout: Duration) -> Result<UpstreamClient, BoxErro
         timeout: connect_timeout,
     };
     let tls = client_tls_config()?;
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_all_versions()
-        .wrap_connector(egress);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .build(https);
-    Ok(client)
+        .wrap_connector(egress))
 }
 
 /// TLS settings for outgoing connections (upstreams, OTLP, webhooks): the system's roots,
