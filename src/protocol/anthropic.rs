@@ -3,8 +3,8 @@
 //! Like the OpenAI side, the whole-body form is read as `serde_json::Value` and the hot
 //! `content_block_delta` events through a small borrowed struct.
 
+use super::json::Value;
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::sse::SseEventRef;
 use super::{
@@ -25,7 +25,7 @@ pub(crate) fn messages_prompt(v: &Value) -> Option<String> {
             continue;
         }
         match m.get("content") {
-            Some(Value::String(s)) => return Some(s.clone()),
+            Some(Value::String(s)) => return Some(s.to_string()),
             Some(Value::Array(blocks)) => {
                 let mut out = String::new();
                 let mut tool_results = false;
@@ -127,14 +127,14 @@ struct StreamEvent<'a> {
     index: LNum,
     #[serde(borrow, default)]
     delta: Option<Delta<'a>>,
-    #[serde(default)]
-    content_block: Option<Value>,
-    #[serde(default)]
-    message: Option<Value>,
-    #[serde(default)]
-    usage: Option<Value>,
-    #[serde(default)]
-    error: Option<Value>,
+    #[serde(borrow, default)]
+    content_block: Option<Value<'a>>,
+    #[serde(borrow, default)]
+    message: Option<Value<'a>>,
+    #[serde(borrow, default)]
+    usage: Option<Value<'a>>,
+    #[serde(borrow, default)]
+    error: Option<Value<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -246,7 +246,7 @@ impl MessagesStream {
                 let ty = e
                     .error
                     .as_ref()
-                    .and_then(|err| error_type_of(&serde_json::json!({ "error": err })));
+                    .and_then(|err| error_type_of(&Value::wrapped("error", err.clone())));
                 acc.info.error_type = ty.or_else(|| Some("error".to_owned()));
             }
             // ping, content_block_stop and future event types.

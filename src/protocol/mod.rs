@@ -3,6 +3,7 @@
 //! never panic on bad input: a body it cannot read yields a `parse_anomaly`, not an error path.
 
 pub mod anthropic;
+pub mod json;
 pub mod openai;
 pub mod sse;
 
@@ -10,8 +11,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 
+use json::Value;
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde_json::Value;
 
 use crate::record::{Api, Provider, RequestParams, ToolCall, Usage};
 
@@ -162,11 +163,11 @@ pub fn parse_request(api: Api, body: &[u8]) -> Result<RequestInfo, String> {
     if api == Api::Other {
         return Ok(RequestInfo::default());
     }
-    let v: Value = serde_json::from_slice(strip_bom(body))
-        .map_err(|e| format!("{}: {e}", anomaly::INVALID_JSON))?;
-    let Some(obj) = v.as_object() else {
+    let v = Value::parse(strip_bom(body)).map_err(|e| format!("{}: {e}", anomaly::INVALID_JSON))?;
+    if !v.is_object() {
         return Err("request body is not a JSON object".to_owned());
-    };
+    }
+    let obj = &v;
     let model = obj.get("model").and_then(Value::as_str).map(str::to_owned);
     let stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let params = request_params(&v);
@@ -191,11 +192,11 @@ fn request_params(v: &Value) -> RequestParams {
     let f = |k: &str| v.get(k).and_then(Value::as_f64);
     let max_tokens = ["max_completion_tokens", "max_tokens", "max_output_tokens"]
         .iter()
-        .find_map(|k| v.get(*k).and_then(json_u64));
+        .find_map(|k| v.get(k).and_then(json_u64));
     let mut stop_sequences = Vec::new();
     for key in ["stop", "stop_sequences"] {
         match v.get(key) {
-            Some(Value::String(s)) => stop_sequences.push(s.clone()),
+            Some(Value::String(s)) => stop_sequences.push(s.to_string()),
             Some(Value::Array(a)) => stop_sequences.extend(
                 a.iter()
                     .filter_map(Value::as_str)
@@ -225,7 +226,7 @@ fn request_params(v: &Value) -> RequestParams {
 pub fn parse_response(api: Api, status: u16, body: &[u8], is_event_stream: bool) -> ResponseInfo {
     if !(200..300).contains(&status) {
         return ResponseInfo {
-            error_type: serde_json::from_slice::<Value>(strip_bom(body))
+            error_type: Value::parse(strip_bom(body))
                 .ok()
                 .as_ref()
                 .and_then(error_type_of),
@@ -241,7 +242,7 @@ pub fn parse_response(api: Api, status: u16, body: &[u8], is_event_stream: bool)
         let mut info = stream.finish();
         if info.anomaly.as_deref() == Some(anomaly::SSE_NO_EVENTS) {
             // A JSON answer mislabelled as a stream still tells us what happened.
-            if let Ok(v) = serde_json::from_slice::<Value>(strip_bom(body)) {
+            if let Ok(v) = Value::parse(strip_bom(body)) {
                 let mut acc = Acc::default();
                 parse_json_response(api, &v, &mut acc);
                 let anomaly = info.anomaly.take();
@@ -257,7 +258,7 @@ pub fn parse_response(api: Api, status: u16, body: &[u8], is_event_stream: bool)
         acc.anomaly(anomaly::EMPTY_BODY);
         return acc.info;
     }
-    match serde_json::from_slice::<Value>(body) {
+    match Value::parse(body) {
         Ok(v) if v.is_object() => parse_json_response(api, &v, &mut acc),
         Ok(_) => acc.anomaly(anomaly::UNEXPECTED_JSON),
         Err(_) => acc.anomaly(anomaly::INVALID_JSON),
@@ -296,7 +297,7 @@ pub(crate) fn error_type_of(v: &Value) -> Option<String> {
     let from_obj = |e: &Value| -> Option<String> {
         let ty = e.get("type").and_then(non_empty_str);
         let code = e.get("code").and_then(|c| match c {
-            Value::String(s) if !s.is_empty() => Some(s.clone()),
+            Value::String(s) if !s.is_empty() => Some(s.to_string()),
             Value::Number(n) => Some(n.to_string()),
             _ => None,
         });
@@ -537,7 +538,7 @@ pub(crate) fn strip_bom(body: &[u8]) -> &[u8] {
     body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body)
 }
 
-pub(crate) fn non_empty_str(v: &Value) -> Option<&str> {
+pub(crate) fn non_empty_str<'v>(v: &'v Value<'_>) -> Option<&'v str> {
     v.as_str().filter(|s| !s.is_empty())
 }
 
@@ -554,7 +555,7 @@ pub(crate) fn json_u64(v: &Value) -> Option<u64> {
 pub(crate) fn u64_at(v: &Value, path: &[&str]) -> Option<u64> {
     let mut cur = v;
     for k in path {
-        cur = cur.get(*k)?;
+        cur = cur.get(k)?;
     }
     json_u64(cur)
 }
@@ -644,7 +645,7 @@ impl<'de> Deserialize<'de> for LNum {
                 Ok(LNum(u64::try_from(v).ok()))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-                Ok(LNum(json_u64(&Value::from(v))))
+                Ok(LNum(json_u64(&Value::Number(json::Number::F(v)))))
             }
             fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
                 Ok(LNum(None))

@@ -1,12 +1,12 @@
 //! OpenAI-shaped bodies: Chat Completions, Responses, legacy Completions and Embeddings, as
 //! served by OpenAI, Azure OpenAI and OpenAI-compatible servers (vLLM, Ollama, LiteLLM).
 //!
-//! Non-streamed bodies are read as `serde_json::Value` (once per exchange, shape varies).
+//! Non-streamed bodies are read as a borrowed [`super::json::Value`] (once per exchange, shape varies).
 //! Stream chunks, read hundreds of times per exchange, go through small borrowed structs whose
 //! fields never fail to deserialize, so one odd field does not cost the chunk.
 
+use super::json::Value;
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::sse::SseEventRef;
 use super::{
@@ -21,7 +21,7 @@ use crate::record::Usage;
 /// Text of a user content value: a string, or the text parts of a parts array.
 fn user_content_text(content: &Value) -> Option<String> {
     match content {
-        Value::String(s) => Some(s.clone()),
+        Value::String(s) => Some(s.to_string()),
         Value::Array(parts) => {
             let mut out = String::new();
             for p in parts {
@@ -56,7 +56,7 @@ pub(crate) fn chat_prompt(v: &Value) -> Option<String> {
 /// Responses: `input` as a string, or the last user message item of an item list.
 pub(crate) fn responses_prompt(v: &Value) -> Option<String> {
     match v.get("input")? {
-        Value::String(s) => Some(s.clone()),
+        Value::String(s) => Some(s.to_string()),
         Value::Array(items) => {
             let last = items.iter().rev().find(|i| {
                 i.get("role").and_then(Value::as_str) == Some("user")
@@ -75,7 +75,7 @@ pub(crate) fn responses_prompt(v: &Value) -> Option<String> {
 /// prompt is the one whose answer, choice 0, the record keeps). Token arrays have no text.
 pub(crate) fn completions_prompt(v: &Value) -> Option<String> {
     match v.get("prompt")? {
-        Value::String(s) => Some(s.clone()),
+        Value::String(s) => Some(s.to_string()),
         Value::Array(a) => a.first().and_then(Value::as_str).map(str::to_owned),
         _ => None,
     }
@@ -84,7 +84,7 @@ pub(crate) fn completions_prompt(v: &Value) -> Option<String> {
 /// Embeddings: `input` as a string, or a list of strings joined with newlines (capped).
 pub(crate) fn embeddings_prompt(v: &Value) -> Option<String> {
     match v.get("input")? {
-        Value::String(s) => Some(s.clone()),
+        Value::String(s) => Some(s.to_string()),
         Value::Array(a) => {
             let mut out = String::new();
             for s in a.iter().filter_map(Value::as_str) {
@@ -142,7 +142,7 @@ fn set_usage(v: &Value, acc: &mut Acc) {
 /// object) serialized.
 fn arguments_text(a: Option<&Value>) -> String {
     match a {
-        Some(Value::String(s)) => s.clone(),
+        Some(Value::String(s)) => s.to_string(),
         Some(Value::Null) | None => String::new(),
         Some(other) => other.to_string(),
     }
@@ -306,8 +306,8 @@ struct ChatChunk<'a> {
     choices: Option<Vec<ChunkChoice<'a>>>,
     #[serde(default)]
     usage: Option<ChunkUsage>,
-    #[serde(default)]
-    error: Option<Value>,
+    #[serde(borrow, default)]
+    error: Option<Value<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -412,7 +412,7 @@ impl ChatStream {
             acc.info.response_model = chunk.model.non_empty().map(str::to_owned);
         }
         if let Some(e) = chunk.error.filter(|e| !e.is_null()) {
-            let wrapped = serde_json::json!({ "error": e });
+            let wrapped = Value::wrapped("error", e);
             acc.info.error_type = error_type_of(&wrapped).or_else(|| Some("error".to_owned()));
         }
         if let Some(u) = chunk.usage {
@@ -565,10 +565,10 @@ struct ResponsesEvent<'a> {
     item_id: LStr<'a>,
     #[serde(borrow, default)]
     arguments: LStr<'a>,
-    #[serde(default)]
-    item: Option<Value>,
-    #[serde(default)]
-    response: Option<Value>,
+    #[serde(borrow, default)]
+    item: Option<Value<'a>>,
+    #[serde(borrow, default)]
+    response: Option<Value<'a>>,
 }
 
 /// Stream state for the Responses API.
@@ -670,7 +670,7 @@ impl ResponsesStream {
                 }
             }
             "error" => {
-                let v = serde_json::from_slice::<Value>(data).ok();
+                let v = Value::parse(data).ok();
                 acc.info.error_type = v
                     .as_ref()
                     .and_then(error_type_of)
