@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::proc::{addr_of, Proc};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -205,4 +206,137 @@ async fn with_no_idle_connections_allowed_every_request_opens_its_own() {
     assert_eq!(accepted.load(Ordering::SeqCst), 4);
     assert_eq!(metric(&t, "semtap_upstream_connections_idle").await, 0.0);
     t.running.shutdown().await;
+}
+
+/// An HTTPS upstream on loopback with the test certificate, offering `alpn`; returns its port,
+/// the connections it accepted and the HTTP version of every request it served.
+async fn tls_upstream(
+    alpn: &[&[u8]],
+) -> (
+    u16,
+    Arc<AtomicUsize>,
+    Arc<parking_lot::Mutex<Vec<http::Version>>>,
+) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
+    let certs = CertificateDer::pem_file_iter(format!("{dir}/localhost.crt"))
+        .expect("cert file")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certs");
+    let key = PrivateKeyDer::from_pem_file(format!("{dir}/localhost.key")).expect("key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server config");
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let versions = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let (count, seen) = (accepted.clone(), versions.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        seen.lock().push(req.version());
+                        async move {
+                            // A short wait keeps the concurrent requests in flight together.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .header("content-type", "application/json")
+                                    .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                                        ANSWER.as_bytes(),
+                                    )))
+                                    .expect("response"),
+                            )
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                .await;
+            });
+        }
+    });
+    (port, accepted, versions)
+}
+
+/// semtap (as its own process, trusting the test certificate) in front of `https://localhost:port`.
+async fn through_tls(port: u16) -> (Proc, String) {
+    let cert = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/tls/localhost.crt"
+    );
+    let p = Proc::run_flags(
+        &format!("https://localhost:{port}"),
+        &[],
+        &[("SSL_CERT_FILE", cert), ("SSL_CERT_DIR", "/nonexistent")],
+    );
+    let listen = addr_of(&p.wait_log("listener bound"));
+    (p, format!("http://{listen}"))
+}
+
+async fn chat_at(base: &str) -> (u16, bytes::Bytes) {
+    let (status, _, body) = send(
+        &client(),
+        post_json(
+            &format!("{base}/v1/chat/completions"),
+            &chat_body("gpt-4o-mini", "hi", false),
+        ),
+    )
+    .await;
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_offering_h2_gets_every_request_on_one_multiplexed_connection() {
+    let (port, accepted, versions) = tls_upstream(&[b"h2", b"http/1.1"]).await;
+    let (_p, base) = through_tls(port).await;
+    for _ in 0..5 {
+        let (status, body) = chat_at(&base).await;
+        assert_eq!(status, 200);
+        assert_eq!(body.as_ref(), ANSWER.as_bytes());
+    }
+    let all = (0..8).map(|_| {
+        let base = base.clone();
+        async move { chat_at(&base).await }
+    });
+    for (status, body) in futures_util::future::join_all(all).await {
+        assert_eq!(status, 200);
+        assert_eq!(body.as_ref(), ANSWER.as_bytes());
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    let versions = versions.lock().clone();
+    assert_eq!(versions.len(), 13);
+    assert!(
+        versions.iter().all(|v| *v == http::Version::HTTP_2),
+        "{versions:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_offering_only_http1_is_pooled_over_http1() {
+    let (port, accepted, versions) = tls_upstream(&[b"http/1.1"]).await;
+    let (_p, base) = through_tls(port).await;
+    for _ in 0..5 {
+        let (status, body) = chat_at(&base).await;
+        assert_eq!(status, 200);
+        assert_eq!(body.as_ref(), ANSWER.as_bytes());
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    assert!(versions.lock().iter().all(|v| *v == http::Version::HTTP_11));
 }
