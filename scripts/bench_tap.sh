@@ -119,25 +119,36 @@ for who in $WHO; do
   done
 done
 
-rps() { BODY="$2" wrk -t2 -c64 -d"${SECS}s" -s "$WORK/post.lua" "$1" | awk '/Requests\/sec/ {print $2}'; }
+# wrk at saturation; prints requests/s and, when pids are given, their CPU µs per request.
+rps() {
+  local c0 c1 out
+  c0=$(cpu_s ${3:-})
+  out=$(BODY="$2" wrk -t2 -c64 -d"${SECS}s" -s "$WORK/post.lua" "$1")
+  c1=$(cpu_s ${3:-})
+  python3 -c "import sys; r=float(sys.argv[1]); n=float(sys.argv[2]); print(f'{r:.0f}' + (f' ({(float(sys.argv[4])-float(sys.argv[3]))*1e6/n:.0f} µs)' if sys.argv[5] else ''))" \
+    "$(awk '/Requests\/sec/ {print $2}' <<<"$out")" "$(awk '/requests in/ {print $1}' <<<"$out")" "$c0" "$c1" "${3:-}"
+}
 
-echo "| path | body | direct rps | semtap rps | nginx proxy_pass rps, 1 worker | nginx proxy_pass rps, auto | semtap / best nginx |"
-echo "|---|---|---|---|---|---|---|"
-declare -A SAT BEST
-for kind in chat stream; do
-  if [ $kind = chat ]; then p=/v1/chat/completions; b="$WORK/req.json"; else p=/v1/stream/chat/completions; b="$WORK/req_stream.json"; fi
-  for who in $WHO; do SAT[$kind.$who]=$(rps "http://127.0.0.1:${URL[$who]}$p" "$b"); done
-  BEST[$kind]=$(python3 -c "print(max(${SAT[$kind.nginx1]}, ${SAT[$kind.nginxN]}))")
-  ratio=$(python3 -c "print(f'{${SAT[$kind.semtap]}/${BEST[$kind]}:.2f}')")
-  echo "| $p | $kind | ${SAT[$kind.direct]} | ${SAT[$kind.semtap]} | ${SAT[$kind.nginx1]} | ${SAT[$kind.nginxN]} | $ratio |"
-done
-echo
 # CPU seconds the processes given have used (all threads, user + system).
 TICKS=$(getconf CLK_TCK)
 cpu_s() { local p; for p in "$@"; do cat "/proc/$p/stat"; done | awk -v t="$TICKS" '{s += ($14 + $15) / t} END {print s + 0}'; }
 SEMTAP_PID=$(cat "$WORK/semtap.pid")
 ORIGIN_PIDS=$(pgrep -P "$(cat "$WORK/nginx.pid")" || true)
 declare -A PROXY_PIDS=([direct]="" [semtap]="$SEMTAP_PID" [nginx1]="$(pgrep -P "$(cat "$WORK/nginx1.pid")" | tr '\n' ' ')" [nginxN]="$(pgrep -P "$(cat "$WORK/nginxN.pid")" | tr '\n' ' ')")
+
+# Each proxy cell also gives the proxy's CPU per request at saturation, in brackets.
+echo "| path | body | direct rps | semtap rps (CPU) | nginx proxy_pass rps, 1 worker (CPU) | nginx proxy_pass rps, auto (CPU) | semtap / best nginx |"
+echo "|---|---|---|---|---|---|---|"
+declare -A SAT BEST
+for kind in chat stream; do
+  if [ $kind = chat ]; then p=/v1/chat/completions; b="$WORK/req.json"; else p=/v1/stream/chat/completions; b="$WORK/req_stream.json"; fi
+  for who in $WHO; do SAT[$kind.$who]=$(rps "http://127.0.0.1:${URL[$who]}$p" "$b" "${PROXY_PIDS[$who]}"); done
+  num() { echo "${1%% *}"; }
+  BEST[$kind]=$(python3 -c "print(max($(num "${SAT[$kind.nginx1]}"), $(num "${SAT[$kind.nginxN]}")))")
+  ratio=$(python3 -c "print(f'{$(num "${SAT[$kind.semtap]}")/${BEST[$kind]}:.2f}')")
+  echo "| $p | $kind | ${SAT[$kind.direct]} | ${SAT[$kind.semtap]} | ${SAT[$kind.nginx1]} | ${SAT[$kind.nginxN]} | $ratio |"
+done
+echo
 
 # CPU per request is the steadier figure on a noisy machine: what the proxy spent (semtap's
 # every thread, or the nginx proxy's workers) and what the origin's worker spent.
