@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Interleaved A/B of semtap builds at saturation (BENCHMARKS.md): an nginx origin serves a fixed
+# 1 KB chat completion; each round runs wrk (2 threads, 64 connections) through every build
+# given, then through nginx proxy_pass (its own nginx, 1 worker), and prints requests/s and the
+# proxy's CPU per request. On a noisy machine one run is one sample: compare builds within a
+# round, and the medians over rounds.
+#
+#   ROUNDS=6 SECS=4 ./scripts/bench_tap_ab.sh OLD_BIN NEW_BIN [more builds]
+#   SEMTAP_CONFIG=off.toml ...     (the config every build runs with; default: engine off)
+set -euo pipefail
+[ $# -ge 1 ] || { echo "usage: $0 SEMTAP_BIN [SEMTAP_BIN...]" >&2; exit 2; }
+BINS=()
+for b in "$@"; do BINS+=("$(realpath "$b")"); done
+[ -n "${SEMTAP_CONFIG:-}" ] && SEMTAP_CONFIG="$(realpath "$SEMTAP_CONFIG")"
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+need_debs nginx wrk
+ROUNDS="${ROUNDS:-6}"; SECS="${SECS:-4}"
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "ROUNDS must be a positive integer" >&2; exit 2; }
+make_work
+if [ -z "${SEMTAP_CONFIG:-}" ]; then
+  printf '[semantic]\nenabled = false\n' > "$WORK/off.toml"
+  SEMTAP_CONFIG="$WORK/off.toml"
+fi
+mkdir -p "$WORK/www/v1/chat"
+python3 - "$WORK" <<'PY'
+import json, sys
+w = sys.argv[1]
+text = ("Tides are caused mainly by the Moon's gravity pulling on the oceans, with the Sun adding a "
+        "smaller pull; when they line up we get spring tides, and at right angles, neap tides. ") * 3
+chat = {"id": "chatcmpl-bench", "object": "chat.completion", "created": 1700000000, "model": "gpt-4o-mini-2024-07-18",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text[:700]}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 20, "completion_tokens": 150, "total_tokens": 170}}
+open(f"{w}/www/v1/chat/completions", "w").write(json.dumps(chat))
+open(f"{w}/req.json", "w").write(json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "How do tides work?"}]}))
+PY
+chmod -R a+rX "$WORK"
+cat > "$WORK/origin.conf" <<NGX
+worker_processes 1;
+pid $WORK/origin.pid;
+error_log $WORK/origin.log warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000; types { }
+  server { listen 127.0.0.1:18101; root $WORK/www;
+    location /v1/chat/ { default_type application/json; error_page 405 =200 \$uri; } } }
+NGX
+cat > "$WORK/proxy.conf" <<NGX
+worker_processes 1;
+pid $WORK/proxy.pid;
+error_log $WORK/proxy.log warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  upstream origin { server 127.0.0.1:18101; keepalive 128; }
+  server { listen 127.0.0.1:18102;
+    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; } } }
+NGX
+nginx -c "$WORK/origin.conf"
+nginx -c "$WORK/proxy.conf"
+cat > "$WORK/post.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer sk-bench"
+local f = io.open("$WORK/req.json", "r"); wrk.body = f:read("*a"); f:close()
+LUA
+PORTS=()
+for i in "${!BINS[@]}"; do
+  port=$((18110 + i))
+  RUST_LOG=warn "${BINS[$i]}" run --config "$SEMTAP_CONFIG" --listen "127.0.0.1:$port" \
+    --upstream http://127.0.0.1:18101 --admin "127.0.0.1:$((18130 + i))" >"$WORK/semtap$i.log" 2>&1 &
+  echo $! > "$WORK/semtap$i.pid"
+  PORTS+=("$port")
+done
+for i in "${!BINS[@]}"; do wait_ready "http://127.0.0.1:$((18130 + i))" || { cat "$WORK/semtap$i.log" >&2; exit 1; }; done
+TICKS=$(getconf CLK_TCK)
+cpu_s() { local p; for p in "$@"; do cat "/proc/$p/stat"; done | awk -v t="$TICKS" '{s += ($14 + $15) / t} END {print s + 0}'; }
+# One wrk run at port $1 with the proxy's pids after it: "rps cpu_us_per_request".
+cell() {
+  local port=$1; shift
+  local c0 c1 out
+  c0=$(cpu_s "$@")
+  out=$(wrk -t2 -c64 -d"${SECS}s" -s "$WORK/post.lua" "http://127.0.0.1:$port/v1/chat/completions")
+  c1=$(cpu_s "$@")
+  python3 -c "import sys; print(f'{float(sys.argv[1]):.0f} {(float(sys.argv[4])-float(sys.argv[3]))*1e6/float(sys.argv[2]):.1f}')" \
+    "$(awk '/Requests\/sec/ {print $2}' <<<"$out")" "$(awk '/requests in/ {print $1}' <<<"$out")" "$c0" "$c1"
+}
+NGINX_WORKER=$(pgrep -P "$(cat "$WORK/proxy.pid")")
+echo "$(printf '| round '; for i in "${!BINS[@]}"; do printf '| build %s rps (CPU µs/request) ' "$i"; done; printf '| nginx rps (CPU µs/request) |')"
+echo "$(printf '|---'; for _ in "${BINS[@]}"; do printf '|---'; done; printf '|---|')"
+: > "$WORK/cells"
+for r in $(seq "$ROUNDS"); do
+  row="| $r "
+  for i in "${!BINS[@]}"; do
+    read -r rps us <<<"$(cell "${PORTS[$i]}" "$(cat "$WORK/semtap$i.pid")")"
+    echo "$i $rps $us" >> "$WORK/cells"
+    row+="| $rps ($us) "
+  done
+  read -r rps us <<<"$(cell 18102 $NGINX_WORKER)"
+  echo "nginx $rps $us" >> "$WORK/cells"
+  echo "$row| $rps ($us) |"
+done
+python3 - "$WORK/cells" "${BINS[@]}" <<'PY'
+import statistics, sys
+cells = [l.split() for l in open(sys.argv[1])]
+by = {}
+for who, rps, us in cells:
+    by.setdefault(who, []).append((float(rps), float(us)))
+ng = statistics.median(r for r, _ in by["nginx"])
+print()
+for i, b in enumerate(sys.argv[2:]):
+    v = by[str(i)]
+    rps = statistics.median(r for r, _ in v)
+    print(f"build {i} ({b}): median {rps:.0f} rps, {statistics.median(u for _, u in v):.1f} µs CPU/request, {rps / ng:.2f} of nginx's median {ng:.0f}")
+PY
