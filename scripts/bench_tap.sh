@@ -25,26 +25,7 @@ cargo build --release --quiet --bin semtap --example loadgen
 TARGET="${CARGO_TARGET_DIR:-target}"
 make_work
 
-python3 - "$WORK" <<'PY'
-import json, sys
-work = sys.argv[1]
-text = ("Tides are caused mainly by the Moon's gravity pulling on the oceans, with the Sun adding a "
-        "smaller pull; when they line up we get spring tides, and at right angles, neap tides. ") * 3
-chat = {"id": "chatcmpl-bench", "object": "chat.completion", "created": 1700000000, "model": "gpt-4o-mini-2024-07-18",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text[:700]}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 20, "completion_tokens": 150, "total_tokens": 170}}
-open(f"{work}/chat.json", "w").write(json.dumps(chat))
-events = []
-for i, word in enumerate(text[:700].split(" ")):
-    events.append("data: " + json.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000,
-        "model": "gpt-4o-mini-2024-07-18", "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]}) + "\n\n")
-events.append("data: " + json.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000,
-    "model": "gpt-4o-mini-2024-07-18", "choices": [], "usage": {"prompt_tokens": 20, "completion_tokens": 150, "total_tokens": 170}}) + "\n\n")
-events.append("data: [DONE]\n\n")
-open(f"{work}/stream.sse", "w").write("".join(events))
-open(f"{work}/req.json", "w").write(json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "How do tides work?"}]}))
-open(f"{work}/req_stream.json", "w").write(json.dumps({"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "How do tides work?"}]}))
-PY
+bench_payloads "$WORK"
 mkdir -p "$WORK/www/v1/chat" "$WORK/www/v1/stream/chat"
 cp "$WORK/chat.json" "$WORK/www/v1/chat/completions"
 cp "$WORK/stream.sse" "$WORK/www/v1/stream/chat/completions"

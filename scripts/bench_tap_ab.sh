@@ -23,17 +23,8 @@ if [ -z "${SEMTAP_CONFIG:-}" ]; then
   SEMTAP_CONFIG="$WORK/off.toml"
 fi
 mkdir -p "$WORK/www/v1/chat"
-python3 - "$WORK" <<'PY'
-import json, sys
-w = sys.argv[1]
-text = ("Tides are caused mainly by the Moon's gravity pulling on the oceans, with the Sun adding a "
-        "smaller pull; when they line up we get spring tides, and at right angles, neap tides. ") * 3
-chat = {"id": "chatcmpl-bench", "object": "chat.completion", "created": 1700000000, "model": "gpt-4o-mini-2024-07-18",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text[:700]}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 20, "completion_tokens": 150, "total_tokens": 170}}
-open(f"{w}/www/v1/chat/completions", "w").write(json.dumps(chat))
-open(f"{w}/req.json", "w").write(json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "How do tides work?"}]}))
-PY
+bench_payloads "$WORK"
+cp "$WORK/chat.json" "$WORK/www/v1/chat/completions"
 chmod -R a+rX "$WORK"
 cat > "$WORK/origin.conf" <<NGX
 worker_processes 1;

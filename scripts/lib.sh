@@ -36,3 +36,28 @@ wait_ready() {
   echo "semtap at $admin not ready after ${limit}s" >&2
   return 1
 }
+
+# Writes the tap benchmarks' fixed bodies into $1: chat.json (a ~1 KB chat completion),
+# stream.sse (the same answer as ~130 SSE events), req.json and req_stream.json (the requests).
+bench_payloads() {
+  python3 - "$1" <<'PY'
+import json, sys
+work = sys.argv[1]
+text = ("Tides are caused mainly by the Moon's gravity pulling on the oceans, with the Sun adding a "
+        "smaller pull; when they line up we get spring tides, and at right angles, neap tides. ") * 3
+chat = {"id": "chatcmpl-bench", "object": "chat.completion", "created": 1700000000, "model": "gpt-4o-mini-2024-07-18",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text[:700]}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 20, "completion_tokens": 150, "total_tokens": 170}}
+open(f"{work}/chat.json", "w").write(json.dumps(chat))
+events = []
+for i, word in enumerate(text[:700].split(" ")):
+    events.append("data: " + json.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000,
+        "model": "gpt-4o-mini-2024-07-18", "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]}) + "\n\n")
+events.append("data: " + json.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000,
+    "model": "gpt-4o-mini-2024-07-18", "choices": [], "usage": {"prompt_tokens": 20, "completion_tokens": 150, "total_tokens": 170}}) + "\n\n")
+events.append("data: [DONE]\n\n")
+open(f"{work}/stream.sse", "w").write("".join(events))
+open(f"{work}/req.json", "w").write(json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "How do tides work?"}]}))
+open(f"{work}/req_stream.json", "w").write(json.dumps({"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "How do tides work?"}]}))
+PY
+}
