@@ -23,6 +23,8 @@ struct Behaviour {
     /// Close the connection this long after each answer, without saying so in a header
     /// (what an upstream's keep-alive timeout does).
     close_after: Option<Duration>,
+    /// Send the answer chunked (as streams and many servers do) instead of with a length.
+    chunked: bool,
 }
 
 /// A bare HTTP/1.1 upstream on loopback; returns its address and the connections it accepted.
@@ -63,10 +65,19 @@ async fn raw_upstream(b: Behaviour) -> (SocketAddr, Arc<AtomicUsize>) {
                     }
                     buf.drain(..head_end + len);
                     tokio::time::sleep(b.delay).await;
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{ANSWER}",
-                        ANSWER.len()
-                    );
+                    let (half, rest) = ANSWER.split_at(ANSWER.len() / 2);
+                    let resp = if b.chunked {
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{half}\r\n{:x}\r\n{rest}\r\n0\r\n\r\n",
+                            half.len(),
+                            rest.len()
+                        )
+                    } else {
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{ANSWER}",
+                            ANSWER.len()
+                        )
+                    };
                     if s.write_all(resp.as_bytes()).await.is_err() {
                         return;
                     }
@@ -104,6 +115,7 @@ async fn sequential_requests_reuse_one_upstream_connection() {
     let (addr, accepted) = raw_upstream(Behaviour {
         delay: Duration::ZERO,
         close_after: None,
+        chunked: false,
     })
     .await;
     let t = tap(&format!("http://{addr}")).await;
@@ -123,10 +135,28 @@ async fn sequential_requests_reuse_one_upstream_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_answers_return_their_connection_too() {
+    let (addr, accepted) = raw_upstream(Behaviour {
+        delay: Duration::ZERO,
+        close_after: None,
+        chunked: true,
+    })
+    .await;
+    let t = tap(&format!("http://{addr}")).await;
+    let c = client();
+    for _ in 0..10 {
+        assert_eq!(chat(&c, &t).await, 200);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    t.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_the_upstream_closed_while_idle_is_never_used() {
     let (addr, accepted) = raw_upstream(Behaviour {
         delay: Duration::ZERO,
         close_after: Some(Duration::from_millis(20)),
+        chunked: false,
     })
     .await;
     let t = tap(&format!("http://{addr}")).await;
@@ -144,6 +174,7 @@ async fn idle_connections_are_capped_and_the_rest_closed() {
     let (addr, accepted) = raw_upstream(Behaviour {
         delay: Duration::from_millis(300),
         close_after: None,
+        chunked: false,
     })
     .await;
     let mut cfg = config_for(&format!("http://{addr}"), None);
@@ -174,6 +205,7 @@ async fn an_idle_connection_past_the_keepalive_is_closed_not_reused() {
     let (addr, accepted) = raw_upstream(Behaviour {
         delay: Duration::ZERO,
         close_after: None,
+        chunked: false,
     })
     .await;
     let mut cfg = config_for(&format!("http://{addr}"), None);
@@ -194,6 +226,7 @@ async fn with_no_idle_connections_allowed_every_request_opens_its_own() {
     let (addr, accepted) = raw_upstream(Behaviour {
         delay: Duration::ZERO,
         close_after: None,
+        chunked: false,
     })
     .await;
     let mut cfg = config_for(&format!("http://{addr}"), None);

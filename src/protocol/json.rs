@@ -155,9 +155,13 @@ impl Serialize for Value<'_> {
                 seq.end()
             }
             Value::Object(members) => {
-                let mut map = s.serialize_map(Some(members.len()))?;
-                for (k, v) in members {
-                    map.serialize_entry(k.as_ref(), v)?;
+                // A repeated key is written once, with its last value (what `get` reads).
+                let kept = |i: usize| !members[i + 1..].iter().any(|(k, _)| *k == members[i].0);
+                let mut map = s.serialize_map(None)?;
+                for (i, (k, v)) in members.iter().enumerate() {
+                    if kept(i) {
+                        map.serialize_entry(k.as_ref(), v)?;
+                    }
                 }
                 map.end()
             }
@@ -314,6 +318,8 @@ mod tests {
     fn writes_back_compact_json_in_document_order() {
         let v = Value::parse(br#"{ "b" : 1, "a" : [ 2.5, "x\"y", null ] }"#).expect("parses");
         assert_eq!(v.to_string(), r#"{"b":1,"a":[2.5,"x\"y",null]}"#);
+        let repeated = Value::parse(br#"{"a":1,"b":2,"a":3}"#).expect("parses");
+        assert_eq!(repeated.to_string(), r#"{"b":2,"a":3}"#);
     }
 
     #[test]

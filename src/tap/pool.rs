@@ -15,13 +15,15 @@
 //!   it closes.
 //! - A request sent on a reused HTTP/1 connection that the upstream closed in the meantime
 //!   (the keep-alive race) is retried once on a fresh connection, as long as nothing of it was
-//!   written. Once written it is not: the upstream may have read it, and an LLM call is not
+//!   written; the retry always opens a new connection (an upstream that closed one idle
+//!   connection has often closed them all). Once written it is not: the upstream may have read it, and an LLM call is not
 //!   safe to run twice. So a connection closed without `Connection: close` at the very moment
 //!   a request goes out fails that request with a 502, as with any HTTP/1 client (hyper-util's
 //!   pooled client, used before this pool, fails the same way).
 //!
 //! [`TapBody`]: super::body::TapBody
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,6 +75,9 @@ pub struct PoolLimits {
     pub idle_timeout: Duration,
 }
 
+/// How long a pooled HTTP/1 connection may take to become ready for the next request.
+const READY_WAIT: Duration = Duration::from_millis(100);
+
 struct Idle {
     tx: http1::SendRequest<RequestTee>,
     since: Instant,
@@ -88,6 +93,9 @@ pub struct UpstreamPool {
     limits: PoolLimits,
     idle: Mutex<Vec<Idle>>,
     h2: Mutex<Option<http2::SendRequest<RequestTee>>>,
+    /// Set once the upstream negotiated h2: later connects are made one at a time.
+    speaks_h2: AtomicBool,
+    h2_connecting: tokio::sync::Mutex<()>,
     opened: Counter,
     idle_gauge: Gauge,
 }
@@ -147,6 +155,8 @@ impl UpstreamPool {
             limits,
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
+            speaks_h2: AtomicBool::new(false),
+            h2_connecting: tokio::sync::Mutex::new(()),
             opened: metrics.counter(
                 "semtap.upstream.connections_opened",
                 &[("listener", listener)],
@@ -171,7 +181,7 @@ impl UpstreamPool {
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         let mut retried = false;
         loop {
-            let (error, unsent, may_retry) = match self.checkout().await? {
+            let (error, unsent, may_retry) = match self.checkout(retried).await? {
                 Conn::H2(mut tx) => {
                     // HTTP/2 takes the absolute URI (`:scheme`, `:authority`).
                     match tx.try_send_request(req).await {
@@ -220,42 +230,67 @@ impl UpstreamPool {
     }
 
     /// HTTP/1 requests carry the path only, and the upstream's `Host`.
+    /// (CONNECT takes the authority form.)
     fn to_origin_form(&self, req: &mut Request<RequestTee>) {
-        if req.method() != http::Method::CONNECT {
-            if let Some(pq) = req.uri().path_and_query().cloned() {
-                *req.uri_mut() = Uri::from(pq);
+        if req.method() == http::Method::CONNECT {
+            if let Some(a) = req.uri().authority().cloned() {
+                *req.uri_mut() = Uri::from(a);
             }
+        } else if let Some(pq) = req.uri().path_and_query().cloned() {
+            *req.uri_mut() = Uri::from(pq);
         }
         req.headers_mut()
             .insert(http::header::HOST, self.host.clone());
     }
 
-    async fn checkout(&self) -> Result<Conn, SendError> {
-        let shared = self.h2.lock().clone();
-        if let Some(tx) = shared {
-            if !tx.is_closed() {
+    /// A connection for one request: the shared HTTP/2 one, an idle HTTP/1 one, or a new one
+    /// (`fresh`: only a new one, for a retry).
+    async fn checkout(&self, fresh: bool) -> Result<Conn, SendError> {
+        if let Some(tx) = self.live_h2() {
+            return Ok(Conn::H2(tx));
+        }
+        if self.speaks_h2.load(Ordering::Relaxed) {
+            // One handshake for everyone waiting: the others share its connection.
+            let _one = self.h2_connecting.lock().await;
+            if let Some(tx) = self.live_h2() {
                 return Ok(Conn::H2(tx));
             }
-            self.forget_h2();
+            return self.connect().await;
         }
-        loop {
-            let idle = {
-                let mut idle = self.idle.lock();
-                self.prune(&mut idle);
-                let got = idle.pop();
-                self.idle_gauge.set(idle.len() as f64);
-                got
-            };
-            let Some(Idle { mut tx, .. }) = idle else {
-                break;
-            };
-            // Usually ready at once; right after a response ended the connection may still be
-            // finishing it.
-            if !tx.is_closed() && tx.ready().await.is_ok() {
-                return Ok(Conn::H1 { tx, reused: true });
+        if !fresh {
+            loop {
+                let idle = {
+                    let mut idle = self.idle.lock();
+                    self.prune(&mut idle);
+                    let got = idle.pop();
+                    self.idle_gauge.set(idle.len() as f64);
+                    got
+                };
+                let Some(Idle { mut tx, .. }) = idle else {
+                    break;
+                };
+                // Usually ready at once; right after a response ended the connection may still be
+                // finishing it. One still sending an earlier request body (the upstream answered
+                // before reading all of it) is waited for at most READY_WAIT, then dropped.
+                if tx.is_closed() {
+                    continue;
+                }
+                if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, tx.ready()).await {
+                    return Ok(Conn::H1 { tx, reused: true });
+                }
             }
         }
         self.connect().await
+    }
+
+    /// The shared HTTP/2 connection, unless it has closed (then forgotten).
+    fn live_h2(&self) -> Option<http2::SendRequest<RequestTee>> {
+        let tx = self.h2.lock().clone()?;
+        if tx.is_closed() {
+            self.forget_h2();
+            return None;
+        }
+        Some(tx)
     }
 
     /// Drops idle connections that are closed or unused for longer than the idle timeout.
@@ -279,7 +314,11 @@ impl UpstreamPool {
         }
         let mut idle = self.idle.lock();
         self.prune(&mut idle);
-        if idle.len() < self.limits.max_idle {
+        if self.limits.max_idle > 0 {
+            // Full: the longest idle goes, the one just used stays.
+            if idle.len() >= self.limits.max_idle {
+                idle.remove(0);
+            }
             idle.push(Idle {
                 tx,
                 since: Instant::now(),
@@ -307,7 +346,8 @@ impl UpstreamPool {
         if io.connected().is_negotiated_h2() {
             let (tx, conn) = http2::handshake(TokioExecutor::new(), io)
                 .await
-                .map_err(SendError::Request)?;
+                .map_err(|e| SendError::Connect(Box::new(e)))?;
+            self.speaks_h2.store(true, Ordering::Relaxed);
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "upstream h2 connection ended with an error");
@@ -316,7 +356,9 @@ impl UpstreamPool {
             *self.h2.lock() = Some(tx.clone());
             Ok(Conn::H2(tx))
         } else {
-            let (tx, conn) = http1::handshake(io).await.map_err(SendError::Request)?;
+            let (tx, conn) = http1::handshake(io)
+                .await
+                .map_err(|e| SendError::Connect(Box::new(e)))?;
             tokio::spawn(async move {
                 if let Err(e) = conn.with_upgrades().await {
                     tracing::debug!(error = %e, "upstream connection ended with an error");
