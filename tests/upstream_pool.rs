@@ -27,6 +27,13 @@ struct Behaviour {
     chunked: bool,
 }
 
+/// Answers at once, keeps connections open, sends a length.
+const PLAIN: Behaviour = Behaviour {
+    delay: Duration::ZERO,
+    close_after: None,
+    chunked: false,
+};
+
 /// A bare HTTP/1.1 upstream on loopback; returns its address and the connections it accepted.
 async fn raw_upstream(b: Behaviour) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -112,12 +119,7 @@ async fn chat(c: &HttpClient, t: &Tapped) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequential_requests_reuse_one_upstream_connection() {
-    let (addr, accepted) = raw_upstream(Behaviour {
-        delay: Duration::ZERO,
-        close_after: None,
-        chunked: false,
-    })
-    .await;
+    let (addr, accepted) = raw_upstream(PLAIN).await;
     let t = tap(&format!("http://{addr}")).await;
     let c = client();
     for _ in 0..25 {
@@ -137,9 +139,8 @@ async fn sequential_requests_reuse_one_upstream_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_answers_return_their_connection_too() {
     let (addr, accepted) = raw_upstream(Behaviour {
-        delay: Duration::ZERO,
-        close_after: None,
         chunked: true,
+        ..PLAIN
     })
     .await;
     let t = tap(&format!("http://{addr}")).await;
@@ -154,9 +155,8 @@ async fn chunked_answers_return_their_connection_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_the_upstream_closed_while_idle_is_never_used() {
     let (addr, accepted) = raw_upstream(Behaviour {
-        delay: Duration::ZERO,
         close_after: Some(Duration::from_millis(20)),
-        chunked: false,
+        ..PLAIN
     })
     .await;
     let t = tap(&format!("http://{addr}")).await;
@@ -173,8 +173,7 @@ async fn a_connection_the_upstream_closed_while_idle_is_never_used() {
 async fn idle_connections_are_capped_and_the_rest_closed() {
     let (addr, accepted) = raw_upstream(Behaviour {
         delay: Duration::from_millis(300),
-        close_after: None,
-        chunked: false,
+        ..PLAIN
     })
     .await;
     let mut cfg = config_for(&format!("http://{addr}"), None);
@@ -202,12 +201,7 @@ async fn idle_connections_are_capped_and_the_rest_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_past_the_keepalive_is_closed_not_reused() {
-    let (addr, accepted) = raw_upstream(Behaviour {
-        delay: Duration::ZERO,
-        close_after: None,
-        chunked: false,
-    })
-    .await;
+    let (addr, accepted) = raw_upstream(PLAIN).await;
     let mut cfg = config_for(&format!("http://{addr}"), None);
     cfg.limits.upstream_keepalive = Duration::from_millis(200);
     let t = tap_with(cfg).await;
@@ -223,12 +217,7 @@ async fn an_idle_connection_past_the_keepalive_is_closed_not_reused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_idle_connections_allowed_every_request_opens_its_own() {
-    let (addr, accepted) = raw_upstream(Behaviour {
-        delay: Duration::ZERO,
-        close_after: None,
-        chunked: false,
-    })
-    .await;
+    let (addr, accepted) = raw_upstream(PLAIN).await;
     let mut cfg = config_for(&format!("http://{addr}"), None);
     cfg.limits.upstream_idle_connections = 0;
     let t = tap_with(cfg).await;
