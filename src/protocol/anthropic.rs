@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::sse::SseEventRef;
 use super::{
-    append_capped, error_type_of, non_empty_str, u64_at, Acc, LNum, LStr, MAX_PROMPT_BYTES,
+    append_capped, error_object_type, non_empty_str, u64_at, Acc, LNum, LStr, MAX_PROMPT_BYTES,
 };
 use crate::record::Usage;
 
@@ -243,10 +243,7 @@ impl MessagesStream {
             }
             "message_stop" => acc.info.stream_complete = true,
             "error" => {
-                let ty = e
-                    .error
-                    .as_ref()
-                    .and_then(|err| error_type_of(&Value::wrapped("error", err.clone())));
+                let ty = e.error.as_ref().and_then(error_object_type);
                 acc.info.error_type = ty.or_else(|| Some("error".to_owned()));
             }
             // ping, content_block_stop and future event types.

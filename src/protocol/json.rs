@@ -121,11 +121,6 @@ impl<'a> Value<'a> {
     pub fn is_null(&self) -> bool {
         matches!(self, Value::Null)
     }
-
-    /// `{"<key>": value}`: a value wrapped as one member of a new object.
-    pub fn wrapped(key: &'a str, value: Value<'a>) -> Value<'a> {
-        Value::Object(vec![(Cow::Borrowed(key), value)])
-    }
 }
 
 impl fmt::Display for Value<'_> {
@@ -166,31 +161,6 @@ impl Serialize for Value<'_> {
                 map.end()
             }
         }
-    }
-}
-
-/// A string that borrows from the input when it has no escapes.
-struct Str<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = Str<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Str<'a>, E> {
-                Ok(Str(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Str<'a>, E> {
-                Ok(Str(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Str<'a>, E> {
-                Ok(Str(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V(std::marker::PhantomData))
     }
 }
 
@@ -245,7 +215,11 @@ impl<'de: 'a, 'a> Deserialize<'de> for Value<'a> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value<'a>, A::Error> {
                 let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
-                while let Some(Str(k)) = map.next_key::<Str<'a>>()? {
+                // JSON keys are strings; read as values, they borrow the same way.
+                while let Some(k) = map.next_key::<Value<'a>>()? {
+                    let Value::String(k) = k else {
+                        return Err(de::Error::custom("object key is not a string"));
+                    };
                     let v = map.next_value::<Value<'a>>()?;
                     out.push((k, v));
                 }
@@ -312,6 +286,13 @@ mod tests {
             Some(Value::String(std::borrow::Cow::Borrowed("plain text")))
         ));
         assert_eq!(v.get("escaped").and_then(Value::as_str), Some("a\nb"));
+        let Value::Object(members) = &v else {
+            panic!("an object")
+        };
+        assert!(matches!(
+            members[0].0,
+            std::borrow::Cow::Borrowed("content")
+        ));
     }
 
     #[test]

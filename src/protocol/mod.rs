@@ -167,9 +167,8 @@ pub fn parse_request(api: Api, body: &[u8]) -> Result<RequestInfo, String> {
     if !v.is_object() {
         return Err("request body is not a JSON object".to_owned());
     }
-    let obj = &v;
-    let model = obj.get("model").and_then(Value::as_str).map(str::to_owned);
-    let stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let model = v.get("model").and_then(Value::as_str).map(str::to_owned);
+    let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let params = request_params(&v);
     let prompt = match api {
         Api::ChatCompletions => openai::chat_prompt(&v),
@@ -289,25 +288,29 @@ fn looks_like_sse(body: &[u8]) -> bool {
     b.starts_with(b"data:") || b.starts_with(b"event:") || b.starts_with(b": ")
 }
 
+/// The type of an error object (the `error` member of an envelope, or an error event's
+/// payload): its `type`, else its `code`; `None` for anything but an object that has one.
+pub(crate) fn error_object_type(e: &Value) -> Option<String> {
+    let ty = e.get("type").and_then(non_empty_str);
+    let code = e.get("code").and_then(|c| match c {
+        Value::String(s) if !s.is_empty() => Some(s.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    });
+    // OpenAI rate limits say which limit in `type` ("tokens", "requests"); the code names
+    // the error itself.
+    if code.as_deref() == Some("rate_limit_exceeded") {
+        return code;
+    }
+    ty.map(str::to_owned).or(code)
+}
+
 /// The `error.type` of an error envelope, for every shape seen in the wild:
 /// OpenAI / LiteLLM / Azure `{"error":{"type","code"}}`, Anthropic
 /// `{"type":"error","error":{"type"}}`, vLLM `{"object":"error","type"}`, Responses API
 /// stream `{"type":"error","code"}`.
 pub(crate) fn error_type_of(v: &Value) -> Option<String> {
-    let from_obj = |e: &Value| -> Option<String> {
-        let ty = e.get("type").and_then(non_empty_str);
-        let code = e.get("code").and_then(|c| match c {
-            Value::String(s) if !s.is_empty() => Some(s.to_string()),
-            Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        });
-        // OpenAI rate limits say which limit in `type` ("tokens", "requests"); the code names
-        // the error itself.
-        if code.as_deref() == Some("rate_limit_exceeded") {
-            return code;
-        }
-        ty.map(str::to_owned).or(code)
-    };
+    let from_obj = error_object_type;
     match v.get("error") {
         Some(e @ Value::Object(_)) => from_obj(e),
         _ => {

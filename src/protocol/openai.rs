@@ -10,8 +10,8 @@ use serde::Deserialize;
 
 use super::sse::SseEventRef;
 use super::{
-    append_capped, error_type_of, non_empty_str, u64_at, Acc, LNum, LStr, MAX_CHOICES,
-    MAX_PROMPT_BYTES,
+    append_capped, error_object_type, error_type_of, non_empty_str, u64_at, Acc, LNum, LStr,
+    MAX_CHOICES, MAX_PROMPT_BYTES,
 };
 use crate::record::Usage;
 
@@ -412,8 +412,7 @@ impl ChatStream {
             acc.info.response_model = chunk.model.non_empty().map(str::to_owned);
         }
         if let Some(e) = chunk.error.filter(|e| !e.is_null()) {
-            let wrapped = Value::wrapped("error", e);
-            acc.info.error_type = error_type_of(&wrapped).or_else(|| Some("error".to_owned()));
+            acc.info.error_type = error_object_type(&e).or_else(|| Some("error".to_owned()));
         }
         if let Some(u) = chunk.usage {
             let (p, c) = (u.prompt_tokens_details, u.completion_tokens_details);

@@ -247,9 +247,6 @@ pub struct TapBody {
     exchange: Option<Exchange>,
     /// The HTTP/1 upstream connection, back to the pool once the body has ended cleanly.
     lease: Option<Lease>,
-    /// The upstream body was read to its end (`is_end_stream` alone says so only for
-    /// bodies with a length; a chunked one ends with `None`).
-    ended: bool,
     idle: Duration,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     last_activity: Instant,
@@ -268,7 +265,6 @@ impl TapBody {
             inner,
             exchange: Some(exchange),
             lease,
-            ended: false,
             idle,
             sleep: None,
             last_activity: Instant::now(),
@@ -278,8 +274,10 @@ impl TapBody {
 
     fn finish(&mut self, outcome: Outcome, detail: Option<&'static str>) {
         if let Some(lease) = self.lease.take() {
-            // Only a connection whose response was read to the end can carry another.
-            if outcome == Outcome::Complete && (self.ended || self.inner.is_end_stream()) {
+            // `Complete` is given only once the upstream body has ended (its last frame, `None`,
+            // or a drop after the end), and only such a connection can carry another request.
+            // (`is_end_stream` would not do: hyper says it only for bodies with a length.)
+            if outcome == Outcome::Complete {
                 lease.release();
             }
         }
@@ -342,7 +340,6 @@ impl Body for TapBody {
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             Poll::Ready(None) => {
-                this.ended = true;
                 this.finish(Outcome::Complete, None);
                 Poll::Ready(None)
             }

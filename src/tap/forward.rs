@@ -115,19 +115,14 @@ pub async fn handle(
     let started_at_ms = now_ms();
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
-    let route = classify(
-        &parts.method,
-        &path,
-        ctx.provider_hint,
-        parts.headers.contains_key(name::ANTHROPIC_VERSION),
-    );
+    let anthropic_header = parts.headers.contains_key(name::ANTHROPIC_VERSION);
+    let route = classify(&parts.method, &path, ctx.provider_hint, anthropic_header);
     let provider_for_errors = if route.provider == Provider::Unknown {
-        ctx.provider_hint
-            .unwrap_or(if parts.headers.contains_key(name::ANTHROPIC_VERSION) {
-                Provider::Anthropic
-            } else {
-                Provider::OpenAi
-            })
+        ctx.provider_hint.unwrap_or(if anthropic_header {
+            Provider::Anthropic
+        } else {
+            Provider::OpenAi
+        })
     } else {
         route.provider
     };
@@ -152,13 +147,9 @@ pub async fn handle(
         pq.push('?');
         pq.push_str(q);
     }
-    let uri = match Uri::builder()
-        .scheme(ctx.upstream.scheme.clone())
-        .authority(ctx.upstream.authority.clone())
-        .path_and_query(pq)
-        .build()
-    {
-        Ok(u) => u,
+    // Origin form; the pool adds the upstream's scheme and authority where the protocol wants them.
+    let uri = match http::uri::PathAndQuery::from_maybe_shared(pq) {
+        Ok(pq) => Uri::from(pq),
         Err(_) => {
             return Ok(error_response(
                 provider_for_errors,

@@ -26,15 +26,13 @@ pub mod name {
         HeaderName::from_static("anthropic-ratelimit-tokens-remaining");
 }
 
+/// Hop-by-hop in every message; `Connection`, `Upgrade` and `TE` have their own rules below.
+const ALWAYS_HOP_BY_HOP: [HeaderName; 4] =
+    [KEEP_ALIVE, PROXY_CONNECTION, TRANSFER_ENCODING, TRAILER];
+
 /// True if `name` is hop-by-hop by itself (not counting names `Connection` lists).
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == CONNECTION
-        || name == UPGRADE
-        || name == TE
-        || name == TRAILER
-        || name == TRANSFER_ENCODING
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
+    name == CONNECTION || name == UPGRADE || name == TE || ALWAYS_HOP_BY_HOP.contains(name)
 }
 
 /// Removes hop-by-hop headers. With `keep_upgrade`, `Connection: upgrade` and `Upgrade`
@@ -63,10 +61,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.remove(CONNECTION);
         headers.remove(UPGRADE);
     }
-    headers.remove(KEEP_ALIVE);
-    headers.remove(PROXY_CONNECTION);
-    headers.remove(TRANSFER_ENCODING);
-    headers.remove(TRAILER);
+    for name in &ALWAYS_HOP_BY_HOP {
+        headers.remove(name);
+    }
     let te_trailers = headers
         .get(TE)
         .and_then(|v| v.to_str().ok())

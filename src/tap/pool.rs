@@ -168,12 +168,8 @@ impl UpstreamPool {
         }))
     }
 
-    /// Idle HTTP/1 connections held now.
-    pub fn idle_count(&self) -> usize {
-        self.idle.lock().len()
-    }
-
-    /// Sends `req` (its URI in absolute form) and returns the response head. For HTTP/1 the
+    /// Sends `req` (its URI in origin form: the upstream path and query) and returns the
+    /// response head. For HTTP/1 the
     /// [`Lease`] must be released when the response body has ended, or dropped otherwise.
     pub async fn send(
         self: &Arc<Self>,
@@ -183,7 +179,7 @@ impl UpstreamPool {
         loop {
             let (error, unsent, may_retry) = match self.checkout(retried).await? {
                 Conn::H2(mut tx) => {
-                    // HTTP/2 takes the absolute URI (`:scheme`, `:authority`).
+                    self.for_h2(&mut req);
                     match tx.try_send_request(req).await {
                         Ok(resp) => return Ok((resp, None)),
                         Err(mut e) => {
@@ -197,8 +193,7 @@ impl UpstreamPool {
                     }
                 }
                 Conn::H1 { mut tx, reused } => {
-                    let absolute = req.uri().clone();
-                    self.to_origin_form(&mut req);
+                    self.for_h1(&mut req);
                     match tx.try_send_request(req).await {
                         Ok(resp) => {
                             let lease = Lease {
@@ -208,10 +203,7 @@ impl UpstreamPool {
                             return Ok((resp, Some(lease)));
                         }
                         Err(mut e) => {
-                            let unsent = e.take_message().map(|mut r| {
-                                *r.uri_mut() = absolute;
-                                r
-                            });
+                            let unsent = e.take_message();
                             (e.into_error(), unsent, reused)
                         }
                     }
@@ -229,18 +221,27 @@ impl UpstreamPool {
         }
     }
 
-    /// HTTP/1 requests carry the path only, and the upstream's `Host`.
-    /// (CONNECT takes the authority form.)
-    fn to_origin_form(&self, req: &mut Request<RequestTee>) {
+    /// HTTP/1 requests keep the path (CONNECT names the upstream's authority instead) and
+    /// carry the upstream's `Host`.
+    fn for_h1(&self, req: &mut Request<RequestTee>) {
         if req.method() == http::Method::CONNECT {
-            if let Some(a) = req.uri().authority().cloned() {
+            if let Some(a) = self.origin.authority().cloned() {
                 *req.uri_mut() = Uri::from(a);
             }
-        } else if let Some(pq) = req.uri().path_and_query().cloned() {
-            *req.uri_mut() = Uri::from(pq);
         }
         req.headers_mut()
             .insert(http::header::HOST, self.host.clone());
+    }
+
+    /// HTTP/2 takes the absolute URI (`:scheme`, `:authority`) and no `Host`.
+    fn for_h2(&self, req: &mut Request<RequestTee>) {
+        let mut parts = req.uri().clone().into_parts();
+        parts.scheme = self.origin.scheme().cloned();
+        parts.authority = self.origin.authority().cloned();
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+        req.headers_mut().remove(http::header::HOST);
     }
 
     /// A connection for one request: the shared HTTP/2 one, an idle HTTP/1 one, or a new one
