@@ -31,48 +31,9 @@ cp "$WORK/chat.json" "$WORK/www/v1/chat/completions"
 cp "$WORK/stream.sse" "$WORK/www/v1/stream/chat/completions"
 chmod -R a+rX "$WORK"
 
-cat > "$WORK/nginx.conf" <<NGX
-worker_processes 1;
-pid $WORK/nginx.pid;
-error_log $WORK/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  types { }
-  server {
-    listen 127.0.0.1:18001;
-    root $WORK/www;
-    location /v1/chat/ { default_type application/json; error_page 405 =200 \$uri; }
-    location /v1/stream/ { default_type text/event-stream; error_page 405 =200 \$uri; }
-  }
-}
-NGX
-# The proxies: one nginx each (name, port, worker_processes).
-proxy_conf() {
-  cat > "$WORK/$1.conf" <<NGX
-worker_processes $3;
-pid $WORK/$1.pid;
-error_log $WORK/$1.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream origin { server 127.0.0.1:18001; keepalive 128; }
-  server {
-    listen 127.0.0.1:$2;
-    location / {
-      proxy_pass http://origin;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-    }
-  }
-}
-NGX
-}
-proxy_conf nginx1 18002 1
-proxy_conf nginxN 18005 auto
+nginx_origin nginx 18001
+nginx_proxy nginx1 18002 1 18001
+nginx_proxy nginxN 18005 auto 18001
 nginx -c "$WORK/nginx.conf"
 nginx -c "$WORK/nginx1.conf"
 nginx -c "$WORK/nginxN.conf"
@@ -96,7 +57,7 @@ LUA
 for who in $WHO; do
   for p in /v1/chat/completions /v1/stream/chat/completions; do
     code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'content-type: application/json' --data-binary @"$WORK/req.json" "http://127.0.0.1:${URL[$who]:-0}$p" || true)
-    [ "$code" = 200 ] || { echo "sanity check failed: $who $p -> $code" >&2; cat "$WORK/error.log" >&2; exit 1; }
+    [ "$code" = 200 ] || { echo "sanity check failed: $who $p -> $code" >&2; cat "$WORK/nginx.log" >&2; exit 1; }
   done
 done
 

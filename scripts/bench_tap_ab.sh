@@ -26,25 +26,8 @@ mkdir -p "$WORK/www/v1/chat"
 bench_payloads "$WORK"
 cp "$WORK/chat.json" "$WORK/www/v1/chat/completions"
 chmod -R a+rX "$WORK"
-cat > "$WORK/origin.conf" <<NGX
-worker_processes 1;
-pid $WORK/origin.pid;
-error_log $WORK/origin.log warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000; types { }
-  server { listen 127.0.0.1:18101; root $WORK/www;
-    location /v1/chat/ { default_type application/json; error_page 405 =200 \$uri; } } }
-NGX
-cat > "$WORK/proxy.conf" <<NGX
-worker_processes 1;
-pid $WORK/proxy.pid;
-error_log $WORK/proxy.log warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  upstream origin { server 127.0.0.1:18101; keepalive 128; }
-  server { listen 127.0.0.1:18102;
-    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; } } }
-NGX
+nginx_origin origin 18101
+nginx_proxy proxy 18102 1 18101
 nginx -c "$WORK/origin.conf"
 nginx -c "$WORK/proxy.conf"
 cat > "$WORK/post.lua" <<LUA

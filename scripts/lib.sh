@@ -61,3 +61,50 @@ open(f"{work}/req.json", "w").write(json.dumps({"model": "gpt-4o-mini", "message
 open(f"{work}/req_stream.json", "w").write(json.dumps({"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "How do tides work?"}]}))
 PY
 }
+
+# Writes $WORK/$1.conf: an nginx origin on 127.0.0.1:$2 serving $WORK/www, files under
+# /v1/chat/ as JSON and under /v1/stream/ as an event stream, whatever the method.
+nginx_origin() {
+  cat > "$WORK/$1.conf" <<NGX
+worker_processes 1;
+pid $WORK/$1.pid;
+error_log $WORK/$1.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  types { }
+  server {
+    listen 127.0.0.1:$2;
+    root $WORK/www;
+    location /v1/chat/ { default_type application/json; error_page 405 =200 \$uri; }
+    location /v1/stream/ { default_type text/event-stream; error_page 405 =200 \$uri; }
+  }
+}
+NGX
+}
+
+# Writes $WORK/$1.conf: nginx proxy_pass as its own nginx on 127.0.0.1:$2 with $3
+# worker_processes, to the origin on port $4 (keep-alive upstream, no buffering).
+nginx_proxy() {
+  cat > "$WORK/$1.conf" <<NGX
+worker_processes $3;
+pid $WORK/$1.pid;
+error_log $WORK/$1.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream origin { server 127.0.0.1:$4; keepalive 128; }
+  server {
+    listen 127.0.0.1:$2;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+NGX
+}
