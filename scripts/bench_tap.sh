@@ -8,6 +8,8 @@
 # as semtap is: a proxy that shares the origin's worker never sleeps between forwarding a
 # request and reading the answer, which no sidecar can do. It runs twice: `worker_processes 1`
 # and `auto` (one per core, Debian's default); the ratio is taken against the faster.
+# examples/hyper_floor.rs runs beside them: the cheapest proxy hyper allows (no capture,
+# metrics or analysis), which splits semtap's distance to nginx into hyper's share and semtap's.
 #
 #   ./scripts/bench_tap.sh [seconds-per-run]      (default 10)
 #   SEMTAP_CONFIG=semantic-off.toml ./scripts/bench_tap.sh 5
@@ -21,7 +23,7 @@ cd "$(dirname "$0")/.."
 SECS="${1:-10}"
 . scripts/lib.sh
 need_debs nginx wrk
-cargo build --release --quiet --bin semtap --example loadgen
+cargo build --release --quiet --bin semtap --example loadgen --example hyper_floor
 TARGET="${CARGO_TARGET_DIR:-target}"
 make_work
 
@@ -44,9 +46,12 @@ RUST_LOG=warn "$SEMTAP_BIN" run ${SEMTAP_CONFIG:+--config "$SEMTAP_CONFIG"} \
   --listen 127.0.0.1:18003 --upstream http://127.0.0.1:18001 --admin 127.0.0.1:18004 >"$WORK/semtap.log" 2>&1 &
 echo $! > "$WORK/semtap.pid"
 wait_ready http://127.0.0.1:18004 || { cat "$WORK/semtap.log" >&2; exit 1; }
+"$TARGET/release/examples/hyper_floor" 127.0.0.1:18006 127.0.0.1:18001 >"$WORK/floor.log" 2>&1 &
+echo $! > "$WORK/floor.pid"
+for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:18006/ && break; sleep 0.1; done
 
-declare -A URL=([direct]=18001 [semtap]=18003 [nginx1]=18002 [nginxN]=18005)
-WHO="direct semtap nginx1 nginxN"
+declare -A URL=([direct]=18001 [semtap]=18003 [floor]=18006 [nginx1]=18002 [nginxN]=18005)
+WHO="direct semtap floor nginx1 nginxN"
 cat > "$WORK/post.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -76,11 +81,11 @@ TICKS=$(getconf CLK_TCK)
 cpu_s() { local p; for p in "$@"; do cat "/proc/$p/stat"; done | awk -v t="$TICKS" '{s += ($14 + $15) / t} END {print s + 0}'; }
 SEMTAP_PID=$(cat "$WORK/semtap.pid")
 ORIGIN_PIDS=$(pgrep -P "$(cat "$WORK/nginx.pid")" || true)
-declare -A PROXY_PIDS=([direct]="" [semtap]="$SEMTAP_PID" [nginx1]="$(pgrep -P "$(cat "$WORK/nginx1.pid")" | tr '\n' ' ')" [nginxN]="$(pgrep -P "$(cat "$WORK/nginxN.pid")" | tr '\n' ' ')")
+declare -A PROXY_PIDS=([direct]="" [semtap]="$SEMTAP_PID" [floor]="$(cat "$WORK/floor.pid")" [nginx1]="$(pgrep -P "$(cat "$WORK/nginx1.pid")" | tr '\n' ' ')" [nginxN]="$(pgrep -P "$(cat "$WORK/nginxN.pid")" | tr '\n' ' ')")
 
 # Each proxy cell also gives the proxy's CPU per request at saturation, in brackets.
-echo "| path | body | direct rps | semtap rps (CPU) | nginx proxy_pass rps, 1 worker (CPU) | nginx proxy_pass rps, auto (CPU) | semtap / best nginx |"
-echo "|---|---|---|---|---|---|---|"
+echo "| path | body | direct rps | semtap rps (CPU) | hyper floor rps (CPU) | nginx proxy_pass rps, 1 worker (CPU) | nginx proxy_pass rps, auto (CPU) | semtap / best nginx | floor / best nginx |"
+echo "|---|---|---|---|---|---|---|---|---|"
 declare -A SAT BEST
 for kind in chat stream; do
   if [ $kind = chat ]; then p=/v1/chat/completions; b="$WORK/req.json"; else p=/v1/stream/chat/completions; b="$WORK/req_stream.json"; fi
@@ -88,7 +93,8 @@ for kind in chat stream; do
   num() { echo "${1%% *}"; }
   BEST[$kind]=$(python3 -c "print(max($(num "${SAT[$kind.nginx1]}"), $(num "${SAT[$kind.nginxN]}")))")
   ratio=$(python3 -c "print(f'{$(num "${SAT[$kind.semtap]}")/${BEST[$kind]}:.2f}')")
-  echo "| $p | $kind | ${SAT[$kind.direct]} | ${SAT[$kind.semtap]} | ${SAT[$kind.nginx1]} | ${SAT[$kind.nginxN]} | $ratio |"
+  floor_ratio=$(python3 -c "print(f'{$(num "${SAT[$kind.floor]}")/${BEST[$kind]}:.2f}')")
+  echo "| $p | $kind | ${SAT[$kind.direct]} | ${SAT[$kind.semtap]} | ${SAT[$kind.floor]} | ${SAT[$kind.nginx1]} | ${SAT[$kind.nginxN]} | $ratio | $floor_ratio |"
 done
 echo
 

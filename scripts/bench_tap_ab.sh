@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Interleaved A/B of semtap builds at saturation (BENCHMARKS.md): an nginx origin serves a fixed
 # 1 KB chat completion; each round runs wrk (2 threads, 64 connections) through every build
-# given, then through nginx proxy_pass (its own nginx, 1 worker), and prints requests/s and the
-# proxy's CPU per request. On a noisy machine one run is one sample: compare builds within a
-# round, and the medians over rounds.
+# given, then through the hyper floor (examples/hyper_floor.rs: the cheapest proxy hyper
+# allows, no semtap logic), then through nginx proxy_pass (its own nginx, 1 worker), and
+# prints requests/s and the proxy's CPU per request. On a noisy machine one run is one sample:
+# compare builds within a round, and the medians over rounds.
 #
 #   ROUNDS=6 SECS=4 ./scripts/bench_tap_ab.sh OLD_BIN NEW_BIN [more builds]
 #   SEMTAP_CONFIG=off.toml ...     (the config every build runs with; default: engine off)
+#   FLOOR=0 ...                    (leave the hyper floor out)
 set -euo pipefail
 [ $# -ge 1 ] || { echo "usage: $0 SEMTAP_BIN [SEMTAP_BIN...]" >&2; exit 2; }
 BINS=()
@@ -45,6 +47,13 @@ for i in "${!BINS[@]}"; do
   PORTS+=("$port")
 done
 for i in "${!BINS[@]}"; do wait_ready "http://127.0.0.1:$((18130 + i))" || { cat "$WORK/semtap$i.log" >&2; exit 1; }; done
+FLOOR="${FLOOR:-1}"
+if [ "$FLOOR" = 1 ]; then
+  cargo build --release --quiet --example hyper_floor
+  "${CARGO_TARGET_DIR:-target}/release/examples/hyper_floor" 127.0.0.1:18120 127.0.0.1:18101 >"$WORK/floor.log" 2>&1 &
+  echo $! > "$WORK/floor.pid"
+  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:18120/v1/chat/completions" && break; sleep 0.1; done
+fi
 TICKS=$(getconf CLK_TCK)
 cpu_s() { local p; for p in "$@"; do cat "/proc/$p/stat"; done | awk -v t="$TICKS" '{s += ($14 + $15) / t} END {print s + 0}'; }
 # One wrk run at port $1 with the proxy's pids after it: "rps cpu_us_per_request".
@@ -58,8 +67,11 @@ cell() {
     "$(awk '/Requests\/sec/ {print $2}' <<<"$out")" "$(awk '/requests in/ {print $1}' <<<"$out")" "$c0" "$c1"
 }
 NGINX_WORKER=$(pgrep -P "$(cat "$WORK/proxy.pid")")
-echo "$(printf '| round '; for i in "${!BINS[@]}"; do printf '| build %s rps (CPU µs/request) ' "$i"; done; printf '| nginx rps (CPU µs/request) |')"
-echo "$(printf '|---'; for _ in "${BINS[@]}"; do printf '|---'; done; printf '|---|')"
+header="| round "; rule="|---"
+for i in "${!BINS[@]}"; do header+="| build $i rps (CPU µs/request) "; rule+="|---"; done
+[ "$FLOOR" = 1 ] && { header+="| hyper floor rps (CPU µs/request) "; rule+="|---"; }
+echo "$header| nginx rps (CPU µs/request) |"
+echo "$rule|---|"
 : > "$WORK/cells"
 for r in $(seq "$ROUNDS"); do
   row="| $r "
@@ -68,6 +80,11 @@ for r in $(seq "$ROUNDS"); do
     echo "$i $rps $us" >> "$WORK/cells"
     row+="| $rps ($us) "
   done
+  if [ "$FLOOR" = 1 ]; then
+    read -r rps us <<<"$(cell 18120 "$(cat "$WORK/floor.pid")")"
+    echo "floor $rps $us" >> "$WORK/cells"
+    row+="| $rps ($us) "
+  fi
   read -r rps us <<<"$(cell 18102 $NGINX_WORKER)"
   echo "nginx $rps $us" >> "$WORK/cells"
   echo "$row| $rps ($us) |"
@@ -80,8 +97,11 @@ for who, rps, us in cells:
     by.setdefault(who, []).append((float(rps), float(us)))
 ng = statistics.median(r for r, _ in by["nginx"])
 print()
-for i, b in enumerate(sys.argv[2:]):
-    v = by[str(i)]
+names = [(str(i), f"build {i} ({b})") for i, b in enumerate(sys.argv[2:])]
+if "floor" in by:
+    names.append(("floor", "hyper floor (examples/hyper_floor.rs)"))
+for key, name in names:
+    v = by[key]
     rps = statistics.median(r for r, _ in v)
-    print(f"build {i} ({b}): median {rps:.0f} rps, {statistics.median(u for _, u in v):.1f} µs CPU/request, {rps / ng:.2f} of nginx's median {ng:.0f}")
+    print(f"{name}: median {rps:.0f} rps, {statistics.median(u for _, u in v):.1f} µs CPU/request, {rps / ng:.2f} of nginx's median {ng:.0f}")
 PY

@@ -1,6 +1,7 @@
 //! Turns a [`Capture`] into an [`ExchangeRecord`]: decompress the analysis copy (capped),
 //! parse both bodies, map content events onto chunk arrival times, fill in usage.
 
+use std::borrow::Cow;
 use std::io::Read;
 
 use crate::protocol::{self, ResponseInfo};
@@ -12,19 +13,20 @@ use super::{Capture, CapturedBody};
 const MAX_GAPS: usize = 4096;
 
 /// Builds the record for one capture. Never fails: what cannot be understood becomes
-/// `parse_anomaly`.
-pub fn assemble(c: Capture, decompressed_cap: usize) -> ExchangeRecord {
+/// `parse_anomaly`. The capture's and the parsed answer's strings move into the record (this
+/// runs for every analysed exchange).
+pub fn assemble(mut c: Capture, decompressed_cap: usize) -> ExchangeRecord {
     let mut rec = ExchangeRecord {
-        id: c.id.clone(),
+        id: std::mem::take(&mut c.id),
         ts_ms: c.started_at_ms,
         end_ts_ms: c.started_at_ms + c.duration.as_millis() as u64,
         listener: c.listener.to_string(),
         provider: c.route.provider,
         api: c.route.api,
         operation: c.route.api.operation().to_string(),
-        route: c.route_header.clone(),
-        method: c.method.clone(),
-        path: c.path.clone(),
+        route: c.route_header.take(),
+        method: std::mem::take(&mut c.method),
+        path: std::mem::take(&mut c.path),
         server_address: Some(c.server_address.to_string()),
         server_port: Some(c.server_port),
         status: c.status,
@@ -33,7 +35,7 @@ pub fn assemble(c: Capture, decompressed_cap: usize) -> ExchangeRecord {
         request_bytes: c.request.total,
         response_bytes: c.response.total,
         capture_truncated: c.request.truncated || c.response.truncated,
-        rate_limit: c.rate_limit.clone(),
+        rate_limit: c.rate_limit.take(),
         traceparent: c.traceparent.as_deref().and_then(parse_traceparent),
         ..Default::default()
     };
@@ -67,7 +69,7 @@ pub fn assemble(c: Capture, decompressed_cap: usize) -> ExchangeRecord {
         }
     }
     if rec.request_model.is_none() {
-        rec.request_model = c.route.azure_deployment.clone();
+        rec.request_model = c.route.azure_deployment.take();
     }
 
     // Response.
@@ -85,7 +87,8 @@ pub fn assemble(c: Capture, decompressed_cap: usize) -> ExchangeRecord {
         decompressed_cap,
         &mut anomalies,
     );
-    let info: ResponseInfo = if c.status == 0 || (resp_body.is_empty() && c.response.total == 0) {
+    let mut info: ResponseInfo = if c.status == 0 || (resp_body.is_empty() && c.response.total == 0)
+    {
         ResponseInfo::default()
     } else {
         protocol::parse_response(c.route.api, c.status, &resp_body, is_sse)
@@ -99,12 +102,12 @@ pub fn assemble(c: Capture, decompressed_cap: usize) -> ExchangeRecord {
     }
     // A decompressed copy cut at `limits.decompressed_bytes` is a truncated capture too.
     rec.capture_truncated |= req_capped || resp_capped;
-    rec.response_id = info.response_id.clone();
-    rec.response_model = info.response_model.clone();
-    rec.response = info.text.clone();
-    rec.tool_calls = info.tool_calls.clone();
-    rec.finish_reasons = info.finish_reasons.clone();
-    rec.usage = info.usage.clone();
+    rec.response_id = info.response_id.take();
+    rec.response_model = info.response_model.take();
+    rec.response = std::mem::take(&mut info.text);
+    rec.tool_calls = std::mem::take(&mut info.tool_calls);
+    rec.finish_reasons = std::mem::take(&mut info.finish_reasons);
+    rec.usage = std::mem::take(&mut info.usage);
 
     // Timings from chunk arrival. Offsets are only meaningful on the uncompressed wire bytes.
     let identity = c
@@ -136,13 +139,13 @@ pub fn assemble(c: Capture, decompressed_cap: usize) -> ExchangeRecord {
     rec.error_type = if c.status >= 400 {
         Some(
             info.error_type
-                .clone()
+                .take()
                 .unwrap_or_else(|| c.status.to_string()),
         )
     } else if c.outcome != Outcome::Complete {
         Some(c.error_detail.unwrap_or(c.outcome.as_str()).to_string())
     } else if info.error_type.is_some() {
-        info.error_type.clone()
+        info.error_type.take()
     } else if rec.stream
         && is_sse
         && !info.stream_complete
@@ -219,19 +222,22 @@ fn content_chunk_gaps(times: &[(u64, u64)], content_ends: &[usize]) -> Vec<f32> 
 
 /// The analysis copy of a body, decompressed up to `cap` bytes, and whether the cap cut it
 /// (a gzip bomb, or an answer larger than the cap). A body that fails to decompress part-way
-/// keeps what came out before the failure.
-fn decode(
-    body: &CapturedBody,
+/// keeps what came out before the failure. An uncompressed body is borrowed as it is.
+fn decode<'a>(
+    body: &'a CapturedBody,
     encoding: Option<&str>,
     cap: usize,
     anomalies: &mut Vec<String>,
-) -> (Vec<u8>, bool) {
-    let enc = encoding.map(|e| e.trim().to_ascii_lowercase());
+) -> (Cow<'a, [u8]>, bool) {
     let bytes = body.bytes.as_slice();
-    let reader: Box<dyn Read> = match enc.as_deref() {
-        None | Some("") | Some("identity") => return (bytes.to_vec(), false),
-        Some("gzip") | Some("x-gzip") => Box::new(flate2::read::MultiGzDecoder::new(bytes)),
-        Some("deflate") => {
+    let enc = match encoding.map(str::trim) {
+        None | Some("") => return (Cow::Borrowed(bytes), false),
+        Some(e) if e.eq_ignore_ascii_case("identity") => return (Cow::Borrowed(bytes), false),
+        Some(e) => e.to_ascii_lowercase(),
+    };
+    let reader: Box<dyn Read> = match enc.as_str() {
+        "gzip" | "x-gzip" => Box::new(flate2::read::MultiGzDecoder::new(bytes)),
+        "deflate" => {
             // RFC 9110 deflate is zlib-wrapped; some servers send raw deflate.
             if bytes.len() >= 2
                 && (u16::from(bytes[0]) << 8 | u16::from(bytes[1])) % 31 == 0
@@ -242,10 +248,10 @@ fn decode(
                 Box::new(flate2::read::DeflateDecoder::new(bytes))
             }
         }
-        Some("br") => Box::new(brotli::Decompressor::new(bytes, 4096)),
-        Some(other) => {
+        "br" => Box::new(brotli::Decompressor::new(bytes, 4096)),
+        other => {
             anomalies.push(format!("unsupported content-encoding `{other}`"));
-            return (Vec::new(), false);
+            return (Cow::Borrowed(&[]), false);
         }
     };
     let mut out = Vec::new();
@@ -266,7 +272,7 @@ fn decode(
     // At the cap, one more byte from the decoder says whether the body went on.
     let capped = out.len() as u64 == cap as u64
         && matches!(limited.into_inner().read(&mut [0u8; 1]), Ok(n) if n > 0);
-    (out, capped)
+    (Cow::Owned(out), capped)
 }
 
 /// W3C `traceparent`: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`.
@@ -428,9 +434,16 @@ mod tests {
         };
         let mut an = Vec::new();
         assert_eq!(
-            decode(&body, Some("gzip"), 1 << 20, &mut an).0,
+            &*decode(&body, Some("gzip"), 1 << 20, &mut an).0,
             b"{\"hello\":\"world\"}"
         );
+        assert!(an.is_empty());
+        // An uncompressed body is read where it lies, whatever the case of `identity`.
+        for enc in [None, Some(""), Some(" Identity ")] {
+            let (out, capped) = decode(&body, enc, 1 << 20, &mut an);
+            assert!(matches!(out, Cow::Borrowed(b) if b == body.bytes.as_slice()));
+            assert!(!capped);
+        }
         assert!(an.is_empty());
         let bad = CapturedBody {
             bytes: b"not gzip".to_vec(),

@@ -4,9 +4,11 @@
 //! host, a context switch, paid by the sending thread. When the sender is a proxy worker in
 //! the middle of a request (or the analysis thread that feeds the engine), that cost lands on
 //! the path that must stay fast. A consumer that looks at its queue, and sleeps a little
-//! longer each time it finds it empty, keeps the cost on its own side: at most ~2 000
+//! longer each time it finds it empty, keeps the cost on its own side: at most ~500
 //! wake-ups a second while traffic trickles, 50 a second when idle, and none at all while the
-//! queue has work.
+//! queue has work. The first sleep is 2 ms: at 500 µs the analysis thread woke four times as
+//! often for a handful of items each and spent ~0.5 µs more per request at 12k requests/s
+//! (BENCHMARKS.md); a record waits at most that much longer.
 
 use std::time::Duration;
 
@@ -18,7 +20,7 @@ pub struct Backoff {
 
 impl Backoff {
     /// The first sleep after the queue runs dry.
-    pub const MIN: Duration = Duration::from_micros(500);
+    pub const MIN: Duration = Duration::from_millis(2);
     /// The longest sleep: the most an item waits after an idle spell.
     pub const MAX: Duration = Duration::from_millis(20);
 
