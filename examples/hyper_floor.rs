@@ -1,9 +1,10 @@
-//! The floor under any hyper-based proxy on this machine (BENCHMARKS.md, "the hyper floor").
+//! The floor under any hyper-based proxy on this machine (BENCHMARKS.md, "session 8: the
+//! hyper floor").
 //!
 //! The cheapest HTTP/1 reverse proxy hyper allows: each client connection gets its own
 //! upstream connection, opened on its first request and used for its requests one after the
-//! other (no pool, no lock, no task per request), and a request is forwarded with only `Host`
-//! rewritten; the upstream's response head and body go back as they are. No capture, no
+//! other (no shared pool, one uncontended lock per request, no task per request), and a
+//! request is forwarded with only `Host` rewritten; the upstream's response head and body go back as they are. No capture, no
 //! timers, no metrics, no analysis. `scripts/bench_tap_ab.sh` runs it beside semtap and nginx
 //! so that the distance from semtap to nginx splits into what hyper costs and what semtap adds.
 //!
@@ -36,13 +37,14 @@ impl Upstream {
             .insert(http::header::HOST, self.host.clone());
         let mut slot = self.tx.lock().await;
         if slot.as_ref().is_none_or(|tx| tx.is_closed()) {
-            match self.connect().await {
-                Ok(tx) => *slot = Some(tx),
-                Err(_) => return bad_gateway(),
-            }
+            *slot = None;
         }
-        let Some(tx) = slot.as_mut() else {
-            return bad_gateway();
+        let tx = match &mut *slot {
+            Some(tx) => tx,
+            None => match self.connect().await {
+                Ok(tx) => slot.insert(tx),
+                Err(_) => return bad_gateway(),
+            },
         };
         if tx.ready().await.is_err() {
             *slot = None;

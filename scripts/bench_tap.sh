@@ -46,9 +46,7 @@ RUST_LOG=warn "$SEMTAP_BIN" run ${SEMTAP_CONFIG:+--config "$SEMTAP_CONFIG"} \
   --listen 127.0.0.1:18003 --upstream http://127.0.0.1:18001 --admin 127.0.0.1:18004 >"$WORK/semtap.log" 2>&1 &
 echo $! > "$WORK/semtap.pid"
 wait_ready http://127.0.0.1:18004 || { cat "$WORK/semtap.log" >&2; exit 1; }
-"$TARGET/release/examples/hyper_floor" 127.0.0.1:18006 127.0.0.1:18001 >"$WORK/floor.log" 2>&1 &
-echo $! > "$WORK/floor.pid"
-for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:18006/ && break; sleep 0.1; done
+start_hyper_floor 18006 18001
 
 declare -A URL=([direct]=18001 [semtap]=18003 [floor]=18006 [nginx1]=18002 [nginxN]=18005)
 WHO="direct semtap floor nginx1 nginxN"

@@ -50,9 +50,8 @@ for i in "${!BINS[@]}"; do wait_ready "http://127.0.0.1:$((18130 + i))" || { cat
 FLOOR="${FLOOR:-1}"
 if [ "$FLOOR" = 1 ]; then
   cargo build --release --quiet --example hyper_floor
-  "${CARGO_TARGET_DIR:-target}/release/examples/hyper_floor" 127.0.0.1:18120 127.0.0.1:18101 >"$WORK/floor.log" 2>&1 &
-  echo $! > "$WORK/floor.pid"
-  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:18120/v1/chat/completions" && break; sleep 0.1; done
+  TARGET="${CARGO_TARGET_DIR:-target}"
+  start_hyper_floor 18120 18101
 fi
 TICKS=$(getconf CLK_TCK)
 cpu_s() { local p; for p in "$@"; do cat "/proc/$p/stat"; done | awk -v t="$TICKS" '{s += ($14 + $15) / t} END {print s + 0}'; }

@@ -108,3 +108,18 @@ http {
 }
 NGX
 }
+
+# Starts examples/hyper_floor (built under $TARGET) on 127.0.0.1:$1 in front of the origin on
+# port $2, its pid in $WORK/floor.pid, and waits until it answers.
+start_hyper_floor() {
+  "$TARGET/release/examples/hyper_floor" "127.0.0.1:$1" "127.0.0.1:$2" >"$WORK/floor.log" 2>&1 &
+  echo $! > "$WORK/floor.pid"
+  local i
+  for ((i = 0; i < 100; i++)); do
+    curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
+    sleep 0.1
+  done
+  echo "hyper_floor on port $1 did not answer" >&2
+  cat "$WORK/floor.log" >&2
+  return 1
+}

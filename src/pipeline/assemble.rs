@@ -144,8 +144,8 @@ pub fn assemble(mut c: Capture, decompressed_cap: usize) -> ExchangeRecord {
         )
     } else if c.outcome != Outcome::Complete {
         Some(c.error_detail.unwrap_or(c.outcome.as_str()).to_string())
-    } else if info.error_type.is_some() {
-        info.error_type.take()
+    } else if let Some(e) = info.error_type.take() {
+        Some(e)
     } else if rec.stream
         && is_sse
         && !info.stream_complete
