@@ -9,6 +9,8 @@
 #   ROUNDS=6 SECS=4 ./scripts/bench_tap_ab.sh OLD_BIN NEW_BIN [more builds]
 #   SEMTAP_CONFIG=off.toml ...     (the config every build runs with; default: engine off)
 #   FLOOR=0 ...                    (leave the hyper floor out)
+#   REQ_PATH=/v1/chat/plain ...    (a path semtap does not recognise: plain passthrough, no
+#                                   capture or analysis; default /v1/chat/completions)
 set -euo pipefail
 [ $# -ge 1 ] || { echo "usage: $0 SEMTAP_BIN [SEMTAP_BIN...]" >&2; exit 2; }
 BINS=()
@@ -27,6 +29,8 @@ fi
 mkdir -p "$WORK/www/v1/chat"
 bench_payloads "$WORK"
 cp "$WORK/chat.json" "$WORK/www/v1/chat/completions"
+cp "$WORK/chat.json" "$WORK/www/v1/chat/plain"
+REQ_PATH="${REQ_PATH:-/v1/chat/completions}"
 chmod -R a+rX "$WORK"
 nginx_origin origin 18101
 nginx_proxy proxy 18102 1 18101
@@ -60,7 +64,7 @@ cell() {
   local port=$1; shift
   local c0 c1 out
   c0=$(cpu_s "$@")
-  out=$(wrk -t2 -c64 -d"${SECS}s" -s "$WORK/post.lua" "http://127.0.0.1:$port/v1/chat/completions")
+  out=$(wrk -t2 -c64 -d"${SECS}s" -s "$WORK/post.lua" "http://127.0.0.1:$port$REQ_PATH")
   c1=$(cpu_s "$@")
   python3 -c "import sys; print(f'{float(sys.argv[1]):.0f} {(float(sys.argv[4])-float(sys.argv[3]))*1e6/float(sys.argv[2]):.1f}')" \
     "$(awk '/Requests\/sec/ {print $2}' <<<"$out")" "$(awk '/requests in/ {print $1}' <<<"$out")" "$c0" "$c1"
