@@ -13,9 +13,9 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
 
+use super::forward::ListenerCtx;
 use super::pool::Lease;
-use crate::metrics::{Histogram, Metrics};
-use crate::pipeline::{Capture, CapturedBody, Submitter};
+use crate::pipeline::{Capture, CapturedBody};
 use crate::record::Outcome;
 
 /// Boxed error type for bodies on the data path.
@@ -195,23 +195,43 @@ impl Body for RequestTee {
 /// Most chunk timestamps kept per exchange; later chunks extend the last entry.
 const MAX_CHUNK_TIMES: usize = 16_384;
 
-/// Everything about one exchange that the response body needs to finish it.
+/// Everything about one exchange that the response body needs to finish it. It holds the
+/// in-flight slot its request took, and gives it back when finished or dropped.
 pub struct Exchange {
     pub capture: Capture,
     pub request_capture: Option<Arc<Mutex<CaptureBuf>>>,
     pub response_capture: CaptureBuf,
     pub started: Instant,
-    /// `None` for plain traffic, which is counted but not analysed.
-    pub submitter: Option<Submitter>,
-    /// Released when the exchange ends (in-flight limit).
-    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    /// Where the request is counted when it ends (every request, analysed or not).
-    pub metrics: Arc<Metrics>,
-    /// The listener's plain request-duration histogram, looked up once per listener.
-    pub plain_duration: Histogram,
+    /// False for plain traffic, which is counted but not analysed.
+    pub analysed: bool,
+    /// The listener: where the exchange is counted and queued for analysis. One reference per
+    /// request instead of a clone of each handle (each clone is an atomic on a line every
+    /// thread writes).
+    ctx: Arc<ListenerCtx>,
+    holds_slot: bool,
 }
 
 impl Exchange {
+    /// An exchange whose request has taken one of `ctx.inflight`'s slots.
+    pub fn new(
+        ctx: Arc<ListenerCtx>,
+        capture: Capture,
+        request_capture: Option<Arc<Mutex<CaptureBuf>>>,
+        response_capture: CaptureBuf,
+        started: Instant,
+        analysed: bool,
+    ) -> Exchange {
+        Exchange {
+            capture,
+            request_capture,
+            response_capture,
+            started,
+            analysed,
+            ctx,
+            holds_slot: true,
+        }
+    }
+
     /// Closes the exchange: counts it and hands the capture to analysis (never waits).
     pub fn finish(mut self, outcome: Outcome, detail: Option<&'static str>) {
         self.capture.outcome = outcome;
@@ -226,18 +246,30 @@ impl Exchange {
         let resp = std::mem::replace(&mut self.response_capture, CaptureBuf::new(0, None));
         self.capture.response = resp.into_captured();
         let c = &self.capture;
-        self.metrics.record_request(
+        self.ctx.metrics.record_request(
             &c.listener,
             c.route.provider.as_str(),
             c.route.api.operation(),
             c.status,
             c.outcome.as_str(),
         );
-        self.plain_duration.record(c.duration.as_secs_f64());
-        drop(self.permit.take());
-        if let Some(s) = self.submitter.take() {
-            s.submit(self.capture);
+        self.ctx.plain_duration.record(c.duration.as_secs_f64());
+        self.give_back_slot();
+        if self.analysed {
+            self.ctx.submitter.submit(std::mem::take(&mut self.capture));
         }
+    }
+
+    fn give_back_slot(&mut self) {
+        if std::mem::take(&mut self.holds_slot) {
+            self.ctx.inflight.give_back();
+        }
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.give_back_slot();
     }
 }
 
@@ -292,7 +324,7 @@ impl TapBody {
             return;
         };
         ex.response_capture.push(data);
-        if ex.submitter.is_none() {
+        if !ex.analysed {
             // Plain traffic is counted, not analysed: nothing reads its chunk timings.
             return;
         }

@@ -5,6 +5,7 @@
 //! status, headers and body frames as they come. Analysis happens after, elsewhere.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,7 +14,6 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
-use tokio::sync::Semaphore;
 
 use super::body::{CaptureBudget, CaptureBuf, Exchange, RequestTee, TapBody};
 use super::errors::error_response;
@@ -35,12 +35,45 @@ pub struct ListenerCtx {
     pub limits: Limits,
     pub submitter: Submitter,
     pub metrics: Arc<Metrics>,
-    pub inflight: Arc<Semaphore>,
+    pub inflight: Arc<InFlight>,
     pub budget: Arc<CaptureBudget>,
     pub server_address: Arc<str>,
     pub counters: TapCounters,
     /// `semtap.request.duration` for this listener.
     pub plain_duration: Histogram,
+}
+
+/// The in-flight limit (`limits.max_in_flight`), shared by every listener. A counter, not a
+/// semaphore: nothing ever waits for a slot (over the limit a request is refused at once), and
+/// a semaphore's release takes its waiters' lock, on every request, from every thread.
+#[derive(Debug)]
+pub struct InFlight {
+    count: AtomicUsize,
+    limit: usize,
+}
+
+impl InFlight {
+    /// A limit of `limit` requests at once.
+    pub fn new(limit: usize) -> Arc<InFlight> {
+        Arc::new(InFlight {
+            count: AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    /// Takes a slot; false (and nothing taken) when all `limit` are in use.
+    pub fn try_take(&self) -> bool {
+        if self.count.fetch_add(1, Ordering::AcqRel) < self.limit {
+            return true;
+        }
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        false
+    }
+
+    /// Returns a slot taken by [`InFlight::try_take`].
+    pub fn give_back(&self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The tap's own counters, looked up once: they count exactly when the proxy is saturated or
@@ -127,7 +160,7 @@ pub async fn handle(
         route.provider
     };
 
-    let Ok(permit) = ctx.inflight.clone().try_acquire_owned() else {
+    if !ctx.inflight.try_take() {
         ctx.counters.rejected_in_flight.inc();
         return Ok(error_response(
             provider_for_errors,
@@ -185,8 +218,9 @@ pub async fn handle(
     let up_req = Request::from_parts(parts, RequestTee::new(body, request_capture.clone()));
     let method = up_req.method().to_string();
 
-    let mut guard = PendingGuard(Some(Exchange {
-        capture: Capture {
+    let mut guard = PendingGuard(Some(Exchange::new(
+        ctx.clone(),
+        Capture {
             id: next_id(),
             listener: ctx.name.clone(),
             started_at_ms,
@@ -201,13 +235,10 @@ pub async fn handle(
             ..Default::default()
         },
         request_capture,
-        response_capture: CaptureBuf::new(cap, Some(ctx.budget.clone())),
+        CaptureBuf::new(cap, Some(ctx.budget.clone())),
         started,
-        submitter: analysed.then(|| ctx.submitter.clone()),
-        permit: Some(permit),
-        metrics: ctx.metrics.clone(),
-        plain_duration: ctx.plain_duration.clone(),
-    }));
+        analysed,
+    )));
     if let Some(ex) = guard.0.as_mut() {
         ex.capture.dispatch_after = started.elapsed();
     }

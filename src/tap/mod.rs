@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
@@ -71,7 +71,7 @@ impl Tap {
     ) -> Result<Tap, TapError> {
         let connector =
             upstream::build_connector(cfg.limits.connect_timeout).map_err(TapError::Client)?;
-        let inflight = Arc::new(Semaphore::new(cfg.limits.max_in_flight));
+        let inflight = forward::InFlight::new(cfg.limits.max_in_flight);
         let budget = CaptureBudget::new(CAPTURE_BUDGET);
         let (stop, _) = watch::channel(false);
         let mut listeners = Vec::new();
