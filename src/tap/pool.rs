@@ -256,7 +256,7 @@ impl UpstreamPool {
             if let Some(tx) = self.live_h2() {
                 return Ok(Conn::H2(tx));
             }
-            return self.connect().await;
+            return Box::pin(self.connect()).await;
         }
         if !fresh {
             loop {
@@ -281,7 +281,10 @@ impl UpstreamPool {
                 }
             }
         }
-        self.connect().await
+        // Boxed: dialling (DNS, TCP, TLS, the handshake) is a future of several KB, and inline it
+        // made every request's handler future that large, moved and touched per request for a
+        // step that runs once per connection.
+        Box::pin(self.connect()).await
     }
 
     /// The shared HTTP/2 connection, unless it has closed (then forgotten).
