@@ -11,6 +11,9 @@
 #   FLOOR=0 ...                    (leave the hyper floor out)
 #   REQ_PATH=/v1/chat/plain ...    (a path semtap does not recognise: plain passthrough, no
 #                                   capture or analysis; default /v1/chat/completions)
+#   RATE=3000 ...                  (latency instead of throughput: examples/loadgen offers
+#                                   RATE requests/s to each, and to the origin directly; cells
+#                                   are p50 and p99 in µs, the summary the added medians)
 set -euo pipefail
 [ $# -ge 1 ] || { echo "usage: $0 SEMTAP_BIN [SEMTAP_BIN...]" >&2; exit 2; }
 BINS=()
@@ -59,9 +62,22 @@ if [ "$FLOOR" = 1 ]; then
 fi
 TICKS=$(getconf CLK_TCK)
 cpu_s() { local p; for p in "$@"; do cat "/proc/$p/stat"; done | awk -v t="$TICKS" '{s += ($14 + $15) / t} END {print s + 0}'; }
-# One wrk run at port $1 with the proxy's pids after it: "rps cpu_us_per_request".
+RATE="${RATE:-}"
+if [ -n "$RATE" ]; then
+  [[ "$RATE" =~ ^[1-9][0-9]*$ ]] || { echo "RATE must be a positive integer" >&2; exit 2; }
+  cargo build --release --quiet --example loadgen
+  LOADGEN="${CARGO_TARGET_DIR:-target}/release/examples/loadgen"
+fi
+# One run at port $1 with the proxy's pids after it: "rps cpu_us_per_request" under wrk, or
+# "p50_us p99_us" under loadgen at RATE.
 cell() {
   local port=$1; shift
+  if [ -n "$RATE" ]; then
+    "$LOADGEN" --url "http://127.0.0.1:$port$REQ_PATH" --rate "$RATE" --duration "$SECS" \
+      --connections 64 --body "$WORK/req.json" |
+      python3 -c "import json,sys; d=json.load(sys.stdin); assert d['errors']==0, d; print(d['p50_us'], d['p99_us'])"
+    return
+  fi
   local c0 c1 out
   c0=$(cpu_s "$@")
   out=$(wrk -t2 -c64 -d"${SECS}s" -s "$WORK/post.lua" "http://127.0.0.1:$port$REQ_PATH")
@@ -70,14 +86,22 @@ cell() {
     "$(awk '/Requests\/sec/ {print $2}' <<<"$out")" "$(awk '/requests in/ {print $1}' <<<"$out")" "$c0" "$c1"
 }
 NGINX_WORKER=$(pgrep -P "$(cat "$WORK/proxy.pid")")
+unit="rps (CPU µs/request)"
+[ -n "$RATE" ] && unit="p50 (p99) µs at $RATE/s"
 header="| round "; rule="|---"
-for i in "${!BINS[@]}"; do header+="| build $i rps (CPU µs/request) "; rule+="|---"; done
-[ "$FLOOR" = 1 ] && { header+="| hyper floor rps (CPU µs/request) "; rule+="|---"; }
-echo "$header| nginx rps (CPU µs/request) |"
+[ -n "$RATE" ] && { header+="| direct $unit "; rule+="|---"; }
+for i in "${!BINS[@]}"; do header+="| build $i $unit "; rule+="|---"; done
+[ "$FLOOR" = 1 ] && { header+="| hyper floor $unit "; rule+="|---"; }
+echo "$header| nginx $unit |"
 echo "$rule|---|"
 : > "$WORK/cells"
 for r in $(seq "$ROUNDS"); do
   row="| $r "
+  if [ -n "$RATE" ]; then
+    read -r rps us <<<"$(cell 18101)"
+    echo "direct $rps $us" >> "$WORK/cells"
+    row+="| $rps ($us) "
+  fi
   for i in "${!BINS[@]}"; do
     read -r rps us <<<"$(cell "${PORTS[$i]}" "$(cat "$WORK/semtap$i.pid")")"
     echo "$i $rps $us" >> "$WORK/cells"
@@ -98,11 +122,20 @@ cells = [l.split() for l in open(sys.argv[1])]
 by = {}
 for who, rps, us in cells:
     by.setdefault(who, []).append((float(rps), float(us)))
-ng = statistics.median(r for r, _ in by["nginx"])
 print()
 names = [(str(i), f"build {i} ({b})") for i, b in enumerate(sys.argv[2:])]
 if "floor" in by:
     names.append(("floor", "hyper floor (examples/hyper_floor.rs)"))
+if "direct" in by:
+    d50 = statistics.median(p for p, _ in by["direct"])
+    d99 = statistics.median(p for _, p in by["direct"])
+    print(f"direct: median p50 {d50:.0f} µs, p99 {d99:.0f} µs")
+    for key, name in names + [("nginx", "nginx proxy_pass (1 worker)")]:
+        p50 = statistics.median(p for p, _ in by[key])
+        p99 = statistics.median(p for _, p in by[key])
+        print(f"{name}: median p50 {p50:.0f} µs (+{p50 - d50:.0f}), p99 {p99:.0f} µs (+{p99 - d99:.0f})")
+    sys.exit(0)
+ng = statistics.median(r for r, _ in by["nginx"])
 for key, name in names:
     v = by[key]
     rps = statistics.median(r for r, _ in v)
