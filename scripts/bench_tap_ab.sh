@@ -22,8 +22,10 @@ for b in "$@"; do BINS+=("$(realpath "$b")"); done
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 need_debs nginx wrk
-ROUNDS="${ROUNDS:-6}"; SECS="${SECS:-4}"
+ROUNDS="${ROUNDS:-6}"; SECS="${SECS:-4}"; RATE="${RATE:-}"
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "ROUNDS must be a positive integer" >&2; exit 2; }
+[ -z "$RATE" ] || [[ "$RATE" =~ ^[1-9][0-9]*$ ]] || { echo "RATE must be a positive integer" >&2; exit 2; }
+TARGET="${CARGO_TARGET_DIR:-target}"
 make_work
 if [ -z "${SEMTAP_CONFIG:-}" ]; then
   printf '[semantic]\nenabled = false\n' > "$WORK/off.toml"
@@ -57,16 +59,13 @@ for i in "${!BINS[@]}"; do wait_ready "http://127.0.0.1:$((18130 + i))" || { cat
 FLOOR="${FLOOR:-1}"
 if [ "$FLOOR" = 1 ]; then
   cargo build --release --quiet --example hyper_floor
-  TARGET="${CARGO_TARGET_DIR:-target}"
   start_hyper_floor 18120 18101
 fi
 TICKS=$(getconf CLK_TCK)
 cpu_s() { local p; for p in "$@"; do cat "/proc/$p/stat"; done | awk -v t="$TICKS" '{s += ($14 + $15) / t} END {print s + 0}'; }
-RATE="${RATE:-}"
 if [ -n "$RATE" ]; then
-  [[ "$RATE" =~ ^[1-9][0-9]*$ ]] || { echo "RATE must be a positive integer" >&2; exit 2; }
   cargo build --release --quiet --example loadgen
-  LOADGEN="${CARGO_TARGET_DIR:-target}/release/examples/loadgen"
+  LOADGEN="$TARGET/release/examples/loadgen"
 fi
 # One run at port $1 with the proxy's pids after it: "rps cpu_us_per_request" under wrk, or
 # "p50_us p99_us" under loadgen at RATE.
@@ -85,6 +84,12 @@ cell() {
   python3 -c "import sys; print(f'{float(sys.argv[1]):.0f} {(float(sys.argv[4])-float(sys.argv[3]))*1e6/float(sys.argv[2]):.1f}')" \
     "$(awk '/Requests\/sec/ {print $2}' <<<"$out")" "$(awk '/requests in/ {print $1}' <<<"$out")" "$c0" "$c1"
 }
+# Runs cell "$@" into $rps and $us, and stops the benchmark if the run failed (a failure inside
+# `read <<<"$(...)"` would not stop it under set -e).
+measure() {
+  read -r rps us <<<"$(cell "$@")"
+  [ -n "${us:-}" ] || { echo "the run against port $1 failed" >&2; exit 1; }
+}
 NGINX_WORKER=$(pgrep -P "$(cat "$WORK/proxy.pid")")
 unit="rps (CPU µs/request)"
 [ -n "$RATE" ] && unit="p50 (p99) µs at $RATE/s"
@@ -98,21 +103,21 @@ echo "$rule|---|"
 for r in $(seq "$ROUNDS"); do
   row="| $r "
   if [ -n "$RATE" ]; then
-    read -r rps us <<<"$(cell 18101)"
+    measure 18101
     echo "direct $rps $us" >> "$WORK/cells"
     row+="| $rps ($us) "
   fi
   for i in "${!BINS[@]}"; do
-    read -r rps us <<<"$(cell "${PORTS[$i]}" "$(cat "$WORK/semtap$i.pid")")"
+    measure "${PORTS[$i]}" "$(cat "$WORK/semtap$i.pid")"
     echo "$i $rps $us" >> "$WORK/cells"
     row+="| $rps ($us) "
   done
   if [ "$FLOOR" = 1 ]; then
-    read -r rps us <<<"$(cell 18120 "$(cat "$WORK/floor.pid")")"
+    measure 18120 "$(cat "$WORK/floor.pid")"
     echo "floor $rps $us" >> "$WORK/cells"
     row+="| $rps ($us) "
   fi
-  read -r rps us <<<"$(cell 18102 $NGINX_WORKER)"
+  measure 18102 $NGINX_WORKER
   echo "nginx $rps $us" >> "$WORK/cells"
   echo "$row| $rps ($us) |"
 done
@@ -126,14 +131,14 @@ print()
 names = [(str(i), f"build {i} ({b})") for i, b in enumerate(sys.argv[2:])]
 if "floor" in by:
     names.append(("floor", "hyper floor (examples/hyper_floor.rs)"))
+def medians(key):
+    return tuple(statistics.median(c[i] for c in by[key]) for i in (0, 1))
 if "direct" in by:
-    d50 = statistics.median(p for p, _ in by["direct"])
-    d99 = statistics.median(p for _, p in by["direct"])
+    d50, d99 = medians("direct")
     print(f"direct: median p50 {d50:.0f} µs, p99 {d99:.0f} µs")
     for key, name in names + [("nginx", "nginx proxy_pass (1 worker)")]:
-        p50 = statistics.median(p for p, _ in by[key])
-        p99 = statistics.median(p for _, p in by[key])
-        print(f"{name}: median p50 {p50:.0f} µs (+{p50 - d50:.0f}), p99 {p99:.0f} µs (+{p99 - d99:.0f})")
+        p50, p99 = medians(key)
+        print(f"{name}: median p50 {p50:.0f} µs ({p50 - d50:+.0f}), p99 {p99:.0f} µs ({p99 - d99:+.0f})")
     sys.exit(0)
 ng = statistics.median(r for r, _ in by["nginx"])
 for key, name in names:

@@ -834,3 +834,106 @@ impl NextOpt for Tapped {
         while self.records.try_recv().is_ok() {}
     }
 }
+
+/// With `max_in_flight = 1`, a request after each way an exchange can end is served, not
+/// refused: every path (answered, error status, cut stream, client gone, upstream timeout,
+/// WebSocket closed) gives its in-flight slot back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_way_a_request_ends_gives_its_in_flight_slot_back() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = MockUpstream::start().await.expect("mock");
+    let mut cfg = config_for(&up.url(), None);
+    cfg.limits.max_in_flight = 1;
+    cfg.limits.response_timeout = Duration::from_millis(300);
+    let t = tap_with(cfg).await;
+    let chat = format!("{}/v1/chat/completions", t.base());
+    // The slot of an exchange that ended on the server's side after the client's is given
+    // back a moment later: retry a refusal for a while, but a slot that never comes back
+    // fails.
+    let served_after = |what: &'static str| {
+        let chat = chat.clone();
+        async move {
+            let c = client();
+            for _ in 0..200 {
+                let (s, _, _) = send(&c, post_json(&chat, &chat_body("gpt-4o", "x", false))).await;
+                if s != 503 {
+                    assert_eq!(s, 200, "after {what}");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("the in-flight slot was not given back after {what}");
+        }
+    };
+    let c = client();
+
+    served_after("nothing yet").await;
+    let (s, _, _) = send(
+        &c,
+        with_header(
+            post_json(&chat, &chat_body("gpt-4o", "x", false)),
+            "x-mock-fault",
+            "status=529",
+        ),
+    )
+    .await;
+    assert_eq!(s, 529);
+    served_after("an error status").await;
+
+    let resp = c
+        .request(with_header(
+            post_json(&chat, &chat_body("gpt-4o", "x", true)),
+            "x-mock-fault",
+            "cut=3",
+        ))
+        .await
+        .expect("headers");
+    assert!(resp.into_body().collect().await.is_err(), "cut");
+    served_after("a cut stream").await;
+
+    let gone = client();
+    let resp = gone
+        .request(with_header(
+            post_json(&chat, &chat_body("gpt-4o", "x", true)),
+            "x-mock-fault",
+            "gate",
+        ))
+        .await
+        .expect("headers");
+    let mut body = resp.into_body();
+    let _ = body.frame().await;
+    drop(body);
+    drop(gone);
+    served_after("a client that went away").await;
+    up.release_gate();
+
+    let (s, _, _) = send(
+        &c,
+        with_header(
+            post_json(&chat, &chat_body("gpt-4o", "x", false)),
+            "x-mock-fault",
+            "hang",
+        ),
+    )
+    .await;
+    assert_eq!(s, 504);
+    served_after("an upstream timeout").await;
+
+    let mut ws = tokio::net::TcpStream::connect(t.addr)
+        .await
+        .expect("connect");
+    let req = format!(
+        "GET /v1/realtime HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        t.addr
+    );
+    ws.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n = ws.read(&mut buf).await.expect("read 101");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"));
+    drop(ws);
+    served_after("a WebSocket closed").await;
+
+    // Shutdown does not wait on exchanges that outlive the tap (an open WebSocket holds its
+    // listener); it returns, and the server's own shutdown logs no stuck analysis.
+    t.running.shutdown().await;
+}

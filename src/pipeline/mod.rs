@@ -10,7 +10,7 @@ pub mod assemble;
 pub mod capture_file;
 pub mod poll;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -85,6 +85,9 @@ pub struct Submitter {
 }
 
 struct Shared {
+    /// Set by [`Pipeline::shutdown`]: the worker stops once the queue is empty, even while
+    /// submitters remain (an upgraded connection still open holds its listener's).
+    closing: AtomicBool,
     depth: AtomicUsize,
     capacity: usize,
     dropped: AtomicU64,
@@ -137,6 +140,7 @@ impl Pipeline {
     pub fn start(capacity: usize, decompressed_cap: usize, metrics: Arc<Metrics>) -> Arc<Pipeline> {
         let (tx, rx) = mpsc::sync_channel(capacity);
         let shared = Arc::new(Shared {
+            closing: AtomicBool::new(false),
             depth: AtomicUsize::new(0),
             capacity,
             dropped: AtomicU64::new(0),
@@ -192,9 +196,11 @@ impl Pipeline {
     }
 
     /// Stops taking captures, drains the queue (up to `timeout`) and flushes the sinks.
-    /// Callers must drop their own `Submitter` clones first (the tap does on shutdown).
+    /// Captures submitted after the queue has drained (by an exchange still open, such as an
+    /// upgraded connection's) are dropped and counted (`reason="shutdown"`).
     pub fn shutdown(&self, timeout: Duration) {
         self.submitter.lock().take();
+        self.shared.closing.store(true, Ordering::Release);
         let handle = self.worker.lock().take();
         if let Some(h) = handle {
             let deadline = std::time::Instant::now() + timeout;
@@ -224,7 +230,7 @@ fn run_worker(
 ) {
     let depth_gauge = shared.metrics.gauge("semtap.analysis.queue_depth", &[]);
     let mut backoff = Backoff::new();
-    while let Some(capture) = next_capture(&rx, &mut backoff) {
+    while let Some(capture) = next_capture(&rx, &shared.closing, &mut backoff) {
         let depth = shared
             .depth
             .fetch_sub(1, Ordering::Relaxed)
@@ -239,11 +245,23 @@ fn run_worker(
             s.accept(&record);
         }
     }
+    // Closing: what raced in after the last look is counted, and dropping `rx` then makes any
+    // later submit fail (and count) at once.
+    while rx.try_recv().is_ok() {
+        shared.depth.fetch_sub(1, Ordering::Relaxed);
+        shared.dropped.fetch_add(1, Ordering::Relaxed);
+        shared.dropped_shutdown.inc();
+    }
 }
 
-/// The next capture, or `None` once every submitter is gone and the queue is drained. The
-/// thread polls (see [`poll`]): the data path's `try_send` never has to wake it.
-fn next_capture(rx: &Receiver<Capture>, backoff: &mut Backoff) -> Option<Capture> {
+/// The next capture, or `None` once the queue is drained and either every submitter is gone
+/// or the pipeline is `closing`. The thread polls (see [`poll`]): the data path's `try_send`
+/// never has to wake it.
+fn next_capture(
+    rx: &Receiver<Capture>,
+    closing: &AtomicBool,
+    backoff: &mut Backoff,
+) -> Option<Capture> {
     loop {
         match rx.try_recv() {
             Ok(capture) => {
@@ -251,6 +269,7 @@ fn next_capture(rx: &Receiver<Capture>, backoff: &mut Backoff) -> Option<Capture
                 return Some(capture);
             }
             Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) if closing.load(Ordering::Acquire) => return None,
             Err(TryRecvError::Empty) => backoff.idle(),
         }
     }
@@ -287,5 +306,41 @@ impl RecordSink for ChannelSink {
         if self.tx.try_send(record.clone()).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::MetricsOptions;
+
+    #[test]
+    fn shutdown_returns_while_a_submitter_is_held_and_later_captures_count_as_dropped() {
+        let p = Pipeline::start(
+            8,
+            1 << 20,
+            Arc::new(Metrics::new(MetricsOptions::default())),
+        );
+        let (sink, records) = ChannelSink::new(8);
+        p.add_sink(sink);
+        // Held the way an upgraded connection still open at shutdown holds its listener's.
+        let held = p.submitter().expect("a submitter before shutdown");
+        held.submit(Capture::default());
+        // Generous: a worker that waited for `held` to go would use all of it, and the
+        // capture below would then be queued instead of dropped.
+        p.shutdown(Duration::from_secs(60));
+        assert_eq!(
+            records.try_iter().count(),
+            1,
+            "queued before shutdown: analysed"
+        );
+        held.submit(Capture::default());
+        let st = p.stats();
+        assert_eq!(st.processed, 1);
+        assert_eq!(
+            st.dropped, 1,
+            "submitted after shutdown: dropped and counted"
+        );
+        assert_eq!(st.queue_depth, 0);
     }
 }

@@ -195,8 +195,8 @@ impl Body for RequestTee {
 /// Most chunk timestamps kept per exchange; later chunks extend the last entry.
 const MAX_CHUNK_TIMES: usize = 16_384;
 
-/// Everything about one exchange that the response body needs to finish it. It holds the
-/// in-flight slot its request took, and gives it back when finished or dropped.
+/// Everything about one exchange that the response body needs to finish it, and the
+/// in-flight slot its request took (given back when the exchange is finished or dropped).
 pub struct Exchange {
     pub capture: Capture,
     pub request_capture: Option<Arc<Mutex<CaptureBuf>>>,
@@ -204,17 +204,14 @@ pub struct Exchange {
     pub started: Instant,
     /// False for plain traffic, which is counted but not analysed.
     pub analysed: bool,
-    /// The listener: where the exchange is counted and queued for analysis. One reference per
-    /// request instead of a clone of each handle (each clone is an atomic on a line every
-    /// thread writes).
-    ctx: Arc<ListenerCtx>,
-    holds_slot: bool,
+    /// Also the listener's context: where the exchange is counted and queued for analysis.
+    slot: Slot,
 }
 
 impl Exchange {
-    /// An exchange whose request has taken one of `ctx.inflight`'s slots.
+    /// An exchange holding `slot` until it ends.
     pub fn new(
-        ctx: Arc<ListenerCtx>,
+        slot: Slot,
         capture: Capture,
         request_capture: Option<Arc<Mutex<CaptureBuf>>>,
         response_capture: CaptureBuf,
@@ -227,12 +224,12 @@ impl Exchange {
             response_capture,
             started,
             analysed,
-            ctx,
-            holds_slot: true,
+            slot,
         }
     }
 
-    /// Closes the exchange: counts it and hands the capture to analysis (never waits).
+    /// Closes the exchange: counts it, hands the capture to analysis (never waits) and gives
+    /// the in-flight slot back.
     pub fn finish(mut self, outcome: Outcome, detail: Option<&'static str>) {
         self.capture.outcome = outcome;
         if detail.is_some() {
@@ -246,30 +243,42 @@ impl Exchange {
         let resp = std::mem::replace(&mut self.response_capture, CaptureBuf::new(0, None));
         self.capture.response = resp.into_captured();
         let c = &self.capture;
-        self.ctx.metrics.record_request(
+        let ctx = &self.slot.0;
+        ctx.metrics.record_request(
             &c.listener,
             c.route.provider.as_str(),
             c.route.api.operation(),
             c.status,
             c.outcome.as_str(),
         );
-        self.ctx.plain_duration.record(c.duration.as_secs_f64());
-        self.give_back_slot();
-        if self.analysed {
-            self.ctx.submitter.submit(std::mem::take(&mut self.capture));
-        }
-    }
-
-    fn give_back_slot(&mut self) {
-        if std::mem::take(&mut self.holds_slot) {
-            self.ctx.inflight.give_back();
+        ctx.plain_duration.record(c.duration.as_secs_f64());
+        let Exchange {
+            capture,
+            slot,
+            analysed,
+            ..
+        } = self;
+        if analysed {
+            slot.0.submitter.submit(capture);
         }
     }
 }
 
-impl Drop for Exchange {
+/// One of the in-flight limit's slots (`limits.max_in_flight`), from a request's start to the
+/// end of its exchange; dropping it gives the slot back, on every path (answered, failed,
+/// cancelled, upgraded). It carries the listener's context, which the exchange reads through it.
+pub struct Slot(Arc<ListenerCtx>);
+
+impl Slot {
+    /// A slot of `ctx`'s limit, or `None` when all are taken.
+    pub fn take(ctx: &Arc<ListenerCtx>) -> Option<Slot> {
+        ctx.inflight.try_take().then(|| Slot(ctx.clone()))
+    }
+}
+
+impl Drop for Slot {
     fn drop(&mut self) {
-        self.give_back_slot();
+        self.0.inflight.give_back();
     }
 }
 

@@ -7,7 +7,7 @@
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{header, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty};
@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 
-use super::body::{CaptureBudget, CaptureBuf, Exchange, RequestTee, TapBody};
+use super::body::{CaptureBudget, CaptureBuf, Exchange, RequestTee, Slot, TapBody};
 use super::errors::error_response;
 use super::headers::{self, is_upgrade_request, name, strip_hop_by_hop};
 use super::pool::UpstreamPool;
@@ -61,18 +61,25 @@ impl InFlight {
         })
     }
 
-    /// Takes a slot; false (and nothing taken) when all `limit` are in use.
+    /// Takes a slot; false (and nothing taken) when all `limit` are in use. The count guards
+    /// no data, so relaxed ordering is enough. (Callers hold slots as [`Slot`]s, which give
+    /// them back when dropped.)
     pub fn try_take(&self) -> bool {
-        if self.count.fetch_add(1, Ordering::AcqRel) < self.limit {
-            return true;
-        }
-        self.count.fetch_sub(1, Ordering::AcqRel);
-        false
+        self.count
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .is_ok()
     }
 
     /// Returns a slot taken by [`InFlight::try_take`].
     pub fn give_back(&self) {
-        self.count.fetch_sub(1, Ordering::AcqRel);
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Slots taken now.
+    pub fn in_use(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
     }
 }
 
@@ -160,7 +167,7 @@ pub async fn handle(
         route.provider
     };
 
-    if !ctx.inflight.try_take() {
+    let Some(slot) = Slot::take(&ctx) else {
         ctx.counters.rejected_in_flight.inc();
         return Ok(error_response(
             provider_for_errors,
@@ -219,7 +226,7 @@ pub async fn handle(
     let method = up_req.method().to_string();
 
     let mut guard = PendingGuard(Some(Exchange::new(
-        ctx.clone(),
+        slot,
         Capture {
             id: next_id(),
             listener: ctx.name.clone(),
@@ -232,7 +239,22 @@ pub async fn handle(
             server_address: ctx.server_address.clone(),
             server_port: ctx.upstream.port(),
             request_encoding,
-            ..Default::default()
+            // Spelled out, not `..Default::default()`: that would build and drop a default
+            // `listener` and `server_address` (`Arc<str>`s sharing one static, so two atomic
+            // writes each to a line every thread writes) on every request.
+            request: Default::default(),
+            status: 0,
+            response_content_type: None,
+            response_encoding: None,
+            rate_limit: None,
+            response: Default::default(),
+            chunk_times: Vec::new(),
+            outcome: Outcome::default(),
+            error_detail: None,
+            duration: Duration::ZERO,
+            upstream_headers_after: None,
+            dispatch_after: Duration::ZERO,
+            forward_overhead: Duration::ZERO,
         },
         request_capture,
         CaptureBuf::new(cap, Some(ctx.budget.clone())),
@@ -387,6 +409,40 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::InFlight;
+
+    #[test]
+    fn in_flight_refuses_past_its_limit_and_takes_again_once_given_back() {
+        let f = InFlight::new(2);
+        assert!(f.try_take());
+        assert!(f.try_take());
+        assert!(!f.try_take(), "over the limit");
+        assert_eq!(f.in_use(), 2, "a refusal takes nothing");
+        f.give_back();
+        assert!(f.try_take());
+        assert!(!InFlight::new(0).try_take());
+    }
+
+    #[test]
+    fn in_flight_never_exceeds_its_limit_under_contention() {
+        let f = InFlight::new(3);
+        let peak = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..20_000 {
+                        if f.try_take() {
+                            peak.fetch_max(f.in_use(), std::sync::atomic::Ordering::Relaxed);
+                            f.give_back();
+                        }
+                    }
+                });
+            }
+        });
+        assert!(peak.into_inner() <= 3);
+        assert_eq!(f.in_use(), 0, "every slot taken was given back");
+    }
+
     #[test]
     fn exchange_ids_are_32_hex_digits_and_unique() {
         let a = super::next_id();
