@@ -74,9 +74,6 @@ rps() {
     "$(awk '/Requests\/sec/ {print $2}' <<<"$out")" "$(awk '/requests in/ {print $1}' <<<"$out")" "$c0" "$c1" "${3:-}"
 }
 
-# CPU seconds the processes given have used (all threads, user + system).
-TICKS=$(getconf CLK_TCK)
-cpu_s() { local p; for p in "$@"; do cat "/proc/$p/stat"; done | awk -v t="$TICKS" '{s += ($14 + $15) / t} END {print s + 0}'; }
 SEMTAP_PID=$(cat "$WORK/semtap.pid")
 ORIGIN_PIDS=$(pgrep -P "$(cat "$WORK/nginx.pid")" || true)
 declare -A PROXY_PIDS=([direct]="" [semtap]="$SEMTAP_PID" [floor]="$(cat "$WORK/floor.pid")" [nginx1]="$(pgrep -P "$(cat "$WORK/nginx1.pid")" | tr '\n' ' ')" [nginxN]="$(pgrep -P "$(cat "$WORK/nginxN.pid")" | tr '\n' ' ')")

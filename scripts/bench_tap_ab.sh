@@ -61,8 +61,6 @@ if [ "$FLOOR" = 1 ]; then
   cargo build --release --quiet --example hyper_floor
   start_hyper_floor 18120 18101
 fi
-TICKS=$(getconf CLK_TCK)
-cpu_s() { local p; for p in "$@"; do cat "/proc/$p/stat"; done | awk -v t="$TICKS" '{s += ($14 + $15) / t} END {print s + 0}'; }
 if [ -n "$RATE" ]; then
   cargo build --release --quiet --example loadgen
   LOADGEN="$TARGET/release/examples/loadgen"

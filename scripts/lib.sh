@@ -123,3 +123,10 @@ start_hyper_floor() {
   cat "$WORK/floor.log" >&2
   return 1
 }
+
+# CPU seconds (user + system) used so far by the processes whose pids are given, summed.
+cpu_s() {
+  local p
+  for p in "$@"; do cat "/proc/$p/stat"; done |
+    awk -v t="$(getconf CLK_TCK)" '{s += ($14 + $15) / t} END {print s + 0}'
+}

@@ -726,17 +726,13 @@ async fn missing_usage_is_estimated_and_marked() {
     t.running.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_upgrades_are_forwarded_untouched() {
+/// Sends a WebSocket upgrade request to the tap at `addr` and reads the response head
+/// (lowercased); the stream is then the upgraded connection.
+async fn open_websocket(addr: std::net::SocketAddr) -> (tokio::net::TcpStream, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let up = MockUpstream::start().await.expect("mock");
-    let t = tap(&up.url()).await;
-    let mut s = tokio::net::TcpStream::connect(t.addr)
-        .await
-        .expect("connect");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let req = format!(
-        "GET /v1/realtime?model=gpt-realtime HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        t.addr
+        "GET /v1/realtime?model=gpt-realtime HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
     );
     s.write_all(req.as_bytes()).await.expect("write");
     let mut buf = vec![0u8; 4096];
@@ -744,12 +740,20 @@ async fn websocket_upgrades_are_forwarded_untouched() {
     while !got.windows(4).any(|w| w == b"\r\n\r\n") {
         let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
             .await
-            .expect("101 in time")
+            .expect("response head in time")
             .expect("read");
-        assert!(n > 0, "closed before 101");
+        assert!(n > 0, "closed before the response head");
         got.extend_from_slice(&buf[..n]);
     }
-    let head = String::from_utf8_lossy(&got).to_lowercase();
+    (s, String::from_utf8_lossy(&got).to_lowercase())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrades_are_forwarded_untouched() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = MockUpstream::start().await.expect("mock");
+    let t = tap(&up.url()).await;
+    let (mut s, head) = open_websocket(t.addr).await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(
         head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
@@ -757,6 +761,7 @@ async fn websocket_upgrades_are_forwarded_untouched() {
     );
     let payload: Vec<u8> = (0..=255u8).collect();
     s.write_all(&payload).await.expect("write payload");
+    let mut buf = vec![0u8; 4096];
     let mut echoed = Vec::new();
     while echoed.len() < payload.len() {
         let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
@@ -840,13 +845,19 @@ impl NextOpt for Tapped {
 /// WebSocket closed) gives its in-flight slot back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_way_a_request_ends_gives_its_in_flight_slot_back() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = MockUpstream::start().await.expect("mock");
     let mut cfg = config_for(&up.url(), None);
     cfg.limits.max_in_flight = 1;
     cfg.limits.response_timeout = Duration::from_millis(300);
     let t = tap_with(cfg).await;
     let chat = format!("{}/v1/chat/completions", t.base());
+    let faulted = |fault: &str, stream: bool| {
+        with_header(
+            post_json(&chat, &chat_body("gpt-4o", "x", stream)),
+            "x-mock-fault",
+            fault,
+        )
+    };
     // The slot of an exchange that ended on the server's side after the client's is given
     // back a moment later: retry a refusal for a while, but a slot that never comes back
     // fails.
@@ -868,38 +879,16 @@ async fn every_way_a_request_ends_gives_its_in_flight_slot_back() {
     let c = client();
 
     served_after("nothing yet").await;
-    let (s, _, _) = send(
-        &c,
-        with_header(
-            post_json(&chat, &chat_body("gpt-4o", "x", false)),
-            "x-mock-fault",
-            "status=529",
-        ),
-    )
-    .await;
+    let (s, _, _) = send(&c, faulted("status=529", false)).await;
     assert_eq!(s, 529);
     served_after("an error status").await;
 
-    let resp = c
-        .request(with_header(
-            post_json(&chat, &chat_body("gpt-4o", "x", true)),
-            "x-mock-fault",
-            "cut=3",
-        ))
-        .await
-        .expect("headers");
+    let resp = c.request(faulted("cut=3", true)).await.expect("headers");
     assert!(resp.into_body().collect().await.is_err(), "cut");
     served_after("a cut stream").await;
 
     let gone = client();
-    let resp = gone
-        .request(with_header(
-            post_json(&chat, &chat_body("gpt-4o", "x", true)),
-            "x-mock-fault",
-            "gate",
-        ))
-        .await
-        .expect("headers");
+    let resp = gone.request(faulted("gate", true)).await.expect("headers");
     let mut body = resp.into_body();
     let _ = body.frame().await;
     drop(body);
@@ -907,33 +896,13 @@ async fn every_way_a_request_ends_gives_its_in_flight_slot_back() {
     served_after("a client that went away").await;
     up.release_gate();
 
-    let (s, _, _) = send(
-        &c,
-        with_header(
-            post_json(&chat, &chat_body("gpt-4o", "x", false)),
-            "x-mock-fault",
-            "hang",
-        ),
-    )
-    .await;
+    let (s, _, _) = send(&c, faulted("hang", false)).await;
     assert_eq!(s, 504);
     served_after("an upstream timeout").await;
 
-    let mut ws = tokio::net::TcpStream::connect(t.addr)
-        .await
-        .expect("connect");
-    let req = format!(
-        "GET /v1/realtime HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        t.addr
-    );
-    ws.write_all(req.as_bytes()).await.expect("write");
-    let mut buf = vec![0u8; 4096];
-    let n = ws.read(&mut buf).await.expect("read 101");
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"));
+    let (ws, head) = open_websocket(t.addr).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
     drop(ws);
     served_after("a WebSocket closed").await;
-
-    // Shutdown does not wait on exchanges that outlive the tap (an open WebSocket holds its
-    // listener); it returns, and the server's own shutdown logs no stuck analysis.
     t.running.shutdown().await;
 }

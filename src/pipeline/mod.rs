@@ -104,17 +104,20 @@ impl Submitter {
         self.shared.depth.fetch_add(1, Ordering::Relaxed);
         match self.tx.try_send(capture) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                self.shared.depth.fetch_sub(1, Ordering::Relaxed);
-                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                self.shared.dropped_full.inc();
-            }
+            Err(TrySendError::Full(_)) => self.shared.drop_queued(&self.shared.dropped_full),
             Err(TrySendError::Disconnected(_)) => {
-                self.shared.depth.fetch_sub(1, Ordering::Relaxed);
-                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                self.shared.dropped_shutdown.inc();
+                self.shared.drop_queued(&self.shared.dropped_shutdown)
             }
         }
+    }
+}
+
+impl Shared {
+    /// Counts one capture that was counted into the queue's depth as dropped, under `why`.
+    fn drop_queued(&self, why: &Counter) {
+        self.depth.fetch_sub(1, Ordering::Relaxed);
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        why.inc();
     }
 }
 
@@ -248,9 +251,7 @@ fn run_worker(
     // Closing: what raced in after the last look is counted, and dropping `rx` then makes any
     // later submit fail (and count) at once.
     while rx.try_recv().is_ok() {
-        shared.depth.fetch_sub(1, Ordering::Relaxed);
-        shared.dropped.fetch_add(1, Ordering::Relaxed);
-        shared.dropped_shutdown.inc();
+        shared.drop_queued(&shared.dropped_shutdown);
     }
 }
 

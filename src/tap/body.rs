@@ -205,61 +205,43 @@ pub struct Exchange {
     /// False for plain traffic, which is counted but not analysed.
     pub analysed: bool,
     /// Also the listener's context: where the exchange is counted and queued for analysis.
-    slot: Slot,
+    pub slot: Slot,
 }
 
 impl Exchange {
-    /// An exchange holding `slot` until it ends.
-    pub fn new(
-        slot: Slot,
-        capture: Capture,
-        request_capture: Option<Arc<Mutex<CaptureBuf>>>,
-        response_capture: CaptureBuf,
-        started: Instant,
-        analysed: bool,
-    ) -> Exchange {
-        Exchange {
-            capture,
+    /// Closes the exchange: counts it, hands the capture to analysis (never waits) and gives
+    /// the in-flight slot back.
+    pub fn finish(self, outcome: Outcome, detail: Option<&'static str>) {
+        let Exchange {
+            mut capture,
             request_capture,
             response_capture,
             started,
             analysed,
             slot,
-        }
-    }
-
-    /// Closes the exchange: counts it, hands the capture to analysis (never waits) and gives
-    /// the in-flight slot back.
-    pub fn finish(mut self, outcome: Outcome, detail: Option<&'static str>) {
-        self.capture.outcome = outcome;
-        if detail.is_some() {
-            self.capture.error_detail = detail;
-        }
-        self.capture.duration = self.started.elapsed();
-        if let Some(req) = self.request_capture.take() {
-            let buf = std::mem::replace(&mut *req.lock(), CaptureBuf::new(0, None));
-            self.capture.request = buf.into_captured();
-        }
-        let resp = std::mem::replace(&mut self.response_capture, CaptureBuf::new(0, None));
-        self.capture.response = resp.into_captured();
-        let c = &self.capture;
-        let ctx = &self.slot.0;
-        ctx.metrics.record_request(
-            &c.listener,
-            c.route.provider.as_str(),
-            c.route.api.operation(),
-            c.status,
-            c.outcome.as_str(),
-        );
-        ctx.plain_duration.record(c.duration.as_secs_f64());
-        let Exchange {
-            capture,
-            slot,
-            analysed,
-            ..
         } = self;
+        capture.outcome = outcome;
+        if detail.is_some() {
+            capture.error_detail = detail;
+        }
+        capture.duration = started.elapsed();
+        if let Some(req) = request_capture {
+            // Shared with the request body, which hyper may still hold: taken, not moved.
+            let buf = std::mem::replace(&mut *req.lock(), CaptureBuf::new(0, None));
+            capture.request = buf.into_captured();
+        }
+        capture.response = response_capture.into_captured();
+        let ctx = &slot.0;
+        ctx.metrics.record_request(
+            &capture.listener,
+            capture.route.provider.as_str(),
+            capture.route.api.operation(),
+            capture.status,
+            capture.outcome.as_str(),
+        );
+        ctx.plain_duration.record(capture.duration.as_secs_f64());
         if analysed {
-            slot.0.submitter.submit(capture);
+            ctx.submitter.submit(capture);
         }
     }
 }

@@ -225,9 +225,9 @@ pub async fn handle(
     let up_req = Request::from_parts(parts, RequestTee::new(body, request_capture.clone()));
     let method = up_req.method().to_string();
 
-    let mut guard = PendingGuard(Some(Exchange::new(
+    let mut guard = PendingGuard(Some(Exchange {
         slot,
-        Capture {
+        capture: Capture {
             id: next_id(),
             listener: ctx.name.clone(),
             started_at_ms,
@@ -257,10 +257,10 @@ pub async fn handle(
             forward_overhead: Duration::ZERO,
         },
         request_capture,
-        CaptureBuf::new(cap, Some(ctx.budget.clone())),
+        response_capture: CaptureBuf::new(cap, Some(ctx.budget.clone())),
         started,
         analysed,
-    )));
+    }));
     if let Some(ex) = guard.0.as_mut() {
         ex.capture.dispatch_after = started.elapsed();
     }
